@@ -1,0 +1,109 @@
+"""The contract between ``transport/tcp.py`` and the byte-stream protocol adapters.
+
+Theory of operation
+-------------------
+A TCP connection carries bytes; an adapter (``H11Adapter``, ``H2Adapter``)
+turns them into streams.  The transport owns the socket, the one timer of the
+connection and write buffering; the adapter owns the protocol state.  They talk
+through two small interfaces:
+
+``transport -> adapter`` (:class:`ByteProtocol`): ``data_received``,
+``eof_received``, ``connection_lost``, ``timeout`` (the timer the adapter armed
+expired) and ``shutdown`` (graceful: stop taking new requests, finish the
+in-flight ones, then close).
+
+``adapter -> transport`` (:class:`ByteTransport`): ``write``, ``close``,
+``abort``, ``pause_reading`` / ``resume_reading`` (read backpressure),
+``wait_writable`` (write backpressure: the only awaiting call), ``set_timeout``.
+
+Switching protocol is a return value, never an exception: ``data_received``
+returns :class:`SwitchTo` and the transport builds the next adapter from it
+(h2c prior knowledge, h2c ``Upgrade``).
+
+Adapters never touch a socket, a clock or the event loop directly: time comes
+from ``ConnectionContext.clock``, timers through ``set_timeout``.  So they are
+driven by plain calls in unit tests with an in-memory transport.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Protocol
+
+from ..interfaces import ConnectionContext, ConnectionInfo, RequestHead
+
+
+@dataclass(frozen=True, slots=True)
+class SwitchTo:
+    """Returned by ``data_received`` to hand the connection to another adapter."""
+
+    #: The next adapter's key: "h2".
+    protocol: str
+    #: Bytes already read that belong to the next protocol.
+    data: bytes = b""
+    #: For an HTTP/1.1 ``Upgrade: h2c``: the request that asked (it becomes stream 1).
+    upgrade_head: RequestHead | None = None
+    #: For an HTTP/1.1 ``Upgrade: h2c``: the decoded ``HTTP2-Settings`` header value.
+    upgrade_settings: bytes | None = None
+    #: For an HTTP/1.1 ``Upgrade: h2c``: the request body already received (if any).
+    upgrade_body: bytes = b""
+
+
+class ByteTransport(Protocol):
+    """Implemented by ``transport/tcp.py``; used by byte-stream adapters."""
+
+    def write(self, data: bytes) -> None: ...
+
+    def close(self) -> None:
+        """Flush what is buffered, then close."""
+
+    def abort(self) -> None:
+        """Close now, dropping what is buffered."""
+
+    def pause_reading(self) -> None: ...
+
+    def resume_reading(self) -> None: ...
+
+    async def wait_writable(self) -> None:
+        """Return once the write buffer is below its low-water mark.
+
+        Raises ``errors.StreamClosed`` if the connection is lost meanwhile.
+        """
+
+    def set_timeout(self, seconds: float | None) -> None:
+        """(Re)arm the connection's one timer; ``None`` disarms it.  On expiry
+        the transport calls the adapter's ``timeout()``."""
+
+    @property
+    def closing(self) -> bool: ...
+
+
+class ByteProtocol(Protocol):
+    """Implemented by ``H11Adapter`` and ``H2Adapter``."""
+
+    def data_received(self, data: bytes) -> SwitchTo | None: ...
+
+    def eof_received(self) -> None: ...
+
+    def connection_lost(self) -> None: ...
+
+    def timeout(self) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+class AdapterFactory(Protocol):
+    """How ``transport/tcp.py`` builds an adapter (``server.py`` passes a
+    mapping ALPN/key -> factory, so the transport never imports a protocol)."""
+
+    def __call__(
+        self,
+        *,
+        ctx: ConnectionContext,
+        transport: ByteTransport,
+        conn: ConnectionInfo,
+        switch: SwitchTo | None = None,
+    ) -> ByteProtocol: ...
+
+
+AdapterFactories = dict[str, AdapterFactory]
