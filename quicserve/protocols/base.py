@@ -107,3 +107,59 @@ class AdapterFactory(Protocol):
 
 
 AdapterFactories = dict[str, AdapterFactory]
+
+
+# --------------------------------------------------------------------------
+# The contract between ``quic/connection.py`` (QuicSession) and the QUIC
+# application adapters (``H3Adapter`` in h3.py, ``HqAdapter`` in hq.py).
+#
+# The session owns the aioquic ``QuicConnection``, the clock and the flush;
+# the adapter owns the HTTP mapping.  The session picks the adapter from the
+# negotiated ALPN and feeds it every QUIC event; the adapter writes through
+# the QuicConnection it is given (``send_stream_data``/``reset_stream``) and
+# then calls ``session.mark_dirty()`` so the endpoint flushes once per loop
+# turn.  The adapter never touches a socket, a timer or a clock.
+
+
+class QuicSessionHandle(Protocol):
+    """What a QUIC adapter may ask of the session that owns it."""
+
+    def mark_dirty(self) -> None:
+        """Data was queued on the QuicConnection: flush it this loop turn."""
+
+    def connection_info(self, *, early_data: bool = False) -> ConnectionInfo:
+        """A fresh ConnectionInfo for a new request (current client path)."""
+
+    def return_credit(self, stream_id: int, n: int) -> None:
+        """The app consumed ``n`` bytes of ``stream_id``: reopen that much
+        receive window (QUIC MAX_STREAM_DATA / MAX_DATA)."""
+
+    def stream_send_buffered(self, stream_id: int) -> int:
+        """Bytes queued on ``stream_id`` that the peer has not yet acknowledged
+        (used by ``send_body`` backpressure)."""
+
+    def in_early_data(self) -> bool:
+        """True while the handshake is incomplete and 0-RTT data is accepted."""
+
+
+class QuicAdapter(Protocol):
+    """Implemented by ``H3Adapter`` and ``HqAdapter``.
+
+    Constructed by the session as ``Adapter(ctx=..., quic=..., session=...)``
+    where ``quic`` is the aioquic ``QuicConnection``.
+    """
+
+    def handle_event(self, event: object) -> None:
+        """One aioquic ``QuicEvent`` (StreamDataReceived, StreamReset, ...)."""
+
+    def on_send_capacity(self) -> None:
+        """Called after each flush and ACK: wake ``send_body`` waiters whose
+        stream's unacknowledged data fell below the high-water mark."""
+
+    def shutdown(self) -> None:
+        """Graceful: H3 sends GOAWAY; in-flight streams go on."""
+
+    def connection_lost(self) -> None:
+        """The connection is gone: abort every stream (``http.disconnect``)."""
+
+    def active_streams(self) -> int: ...
