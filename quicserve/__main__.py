@@ -1,0 +1,8 @@
+"""``python -m quicserve``: the same as the ``quicserve`` console script."""
+
+from __future__ import annotations
+
+from .cli import main
+
+if __name__ == "__main__":
+    raise SystemExit(main())
