@@ -147,7 +147,7 @@ class _Append(argparse.Action):
 
     def __call__(self, parser: argparse.ArgumentParser, namespace: argparse.Namespace,
                  values: Any, option_string: str | None = None) -> None:
-        previous = getattr(namespace, self.dest, ([], ""))[0]
+        previous: list[Any] = getattr(namespace, self.dest, ([], ""))[0]
         setattr(namespace, self.dest, ([*previous, values], option_string or self.option_strings[0]))
 
 
