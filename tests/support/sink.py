@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
+from typing import Callable
 
 from quicserve.errors import StreamClosed
 from quicserve.interfaces import Headers, ResetReason
@@ -89,15 +90,15 @@ class RecordingSink:
         self.closed = True
         self._wake_writer()
 
-    async def wait_for(self, predicate: object, timeout: float = 2.0) -> None:
-        """Wait (bounded) until ``predicate()`` is true."""
-        check = predicate  # a zero-argument callable
-        async with asyncio.timeout(timeout):
-            while not check():  # type: ignore[operator]
+    async def wait_for(self, predicate: Callable[[], bool], timeout: float = 2.0) -> None:
+        """Wait (bounded in time) until ``predicate()`` is true."""
+        async def until() -> None:
+            while not predicate():
                 if self._changed is None:
                     self._changed = asyncio.Event()
                 self._changed.clear()
                 await self._changed.wait()
+        await asyncio.wait_for(until(), timeout)
 
     # -- views ---------------------------------------------------------------------
 

@@ -27,10 +27,7 @@ CONN_H3 = ConnectionInfo(
 
 def run(coro: Coroutine[Any, Any, T], timeout: float = 5.0) -> T:
     """Run one test coroutine on a fresh loop, bounded in time."""
-    async def bounded() -> T:
-        async with asyncio.timeout(timeout):
-            return await coro
-    return asyncio.run(bounded())
+    return asyncio.run(asyncio.wait_for(coro, timeout))
 
 
 def head(method: str = "GET", target: bytes = b"/", headers: Iterable[tuple[bytes, bytes]] = (),
