@@ -130,9 +130,16 @@ class QuicSessionHandle(Protocol):
     def connection_info(self, *, early_data: bool = False) -> ConnectionInfo:
         """A fresh ConnectionInfo for a new request (current client path)."""
 
+    def withhold_credit(self, stream_id: int, n: int) -> None:
+        """``n`` received bytes of ``stream_id`` now wait in memory (handed to
+        the app, or buffered by the adapter): keep them charged against the
+        stream's receive window until :meth:`return_credit`.  The first call
+        (``n`` may be 0) puts the stream under this accounting; streams never
+        withheld get aioquic's automatic window growth."""
+
     def return_credit(self, stream_id: int, n: int) -> None:
-        """The app consumed ``n`` bytes of ``stream_id``: reopen that much
-        receive window (QUIC MAX_STREAM_DATA / MAX_DATA)."""
+        """The app consumed ``n`` withheld bytes of ``stream_id``: reopen that
+        much receive window (QUIC MAX_STREAM_DATA)."""
 
     def stream_send_buffered(self, stream_id: int) -> int:
         """Bytes queued on ``stream_id`` that the peer has not yet acknowledged

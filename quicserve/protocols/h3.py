@@ -1,0 +1,383 @@
+"""H3Adapter: HTTP/3 request streams <-> the stream contract of ``interfaces.py``.
+
+Theory of operation
+-------------------
+A :class:`~quicserve.quic.connection.QuicSession` builds one ``H3Adapter`` when
+ALPN settles on ``h3`` and hands it every QUIC event.  The adapter feeds them
+to :class:`~quicserve.protocols.h3_wire.ServerH3Connection` (aioquic's
+``H3Connection`` with stream-level message errors and GOAWAY) and maps what
+comes out onto streams:
+
+* ``HeadersReceived`` (first) -> ``head.pseudo_request_head`` validates ->
+  ``ctx.stream_factory(head, sink)`` -> ``stream.start(head, conn)``.  A head
+  that aioquic or ``head.py`` rejects resets *that* stream with
+  H3_MESSAGE_ERROR (RFC 9114 4.1.2) and nothing else.
+* ``DataReceived`` -> ``stream.receive_body``.  Never awaits.
+* QUIC ``StreamReset`` / ``StopSendingReceived`` and a lost connection ->
+  ``stream.abort``: the app sees ``http.disconnect``, and ``send_body``
+  raises ``StreamClosed``.
+
+Each request stream is a :class:`RequestStream`, which is also the
+:class:`~quicserve.interfaces.StreamSink` its ASGI stream writes to.
+
+Flow control, receive side.  Every request stream is under the session's
+credit accounting (``withhold_credit``/``return_credit``, implemented by
+``quic/internals.py``): body bytes handed to the app stay charged against the
+stream's receive window until the app has read them (``sink.credit``), and so
+do bytes the H3 layer still buffers (a partial HEADERS frame).  H3 framing,
+once parsed, is never charged.  So a slow reader holds at most one stream
+window of memory.
+
+Flow control, send side.  ``send_body`` cuts a body into pieces of at most
+``stream_high_water`` bytes and, after each, waits while the stream holds more
+than that many unacknowledged bytes (``session.stream_send_buffered``); the
+session calls :meth:`H3Adapter.on_send_capacity` after every flush and every
+received datagram (ACKs), which wakes the waiters.  A response is therefore
+never buffered whole.
+
+Graceful shutdown: :meth:`H3Adapter.shutdown` sends GOAWAY naming the first
+stream not yet seen; later streams are refused (H3_REQUEST_REJECTED); once
+the last stream ends the connection is closed with H3_NO_ERROR.
+
+The adapter never touches a socket, a timer or a clock (time for the Date
+header comes from ``ctx.clock``), and every write is followed by
+``session.mark_dirty()`` so the endpoint flushes once per loop turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from aioquic.h3.connection import ErrorCode
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
+
+from .. import log
+from ..errors import ProtocolError, StreamClosed
+from ..interfaces import (
+    ConnectionContext,
+    Headers,
+    ResetReason,
+    StreamHandler,
+)
+from . import head as heads
+from .h3_wire import MessageMalformed, ServerH3Connection
+
+if TYPE_CHECKING:
+    from aioquic.quic.connection import QuicConnection
+
+    from .base import QuicSessionHandle
+
+_RESET_CODES = {
+    ResetReason.APP_ERROR: ErrorCode.H3_INTERNAL_ERROR,
+    ResetReason.CANCELLED: ErrorCode.H3_REQUEST_CANCELLED,
+    ResetReason.REFUSED: ErrorCode.H3_REQUEST_REJECTED,
+}
+
+
+def is_request_stream(stream_id: int) -> bool:
+    """Client-initiated bidirectional streams carry requests (RFC 9114 6.1)."""
+    return stream_id % 4 == 0
+
+
+class RequestStream:
+    """One request stream: the adapter's bookkeeping and the app's sink.
+
+    Both halves are tracked separately, as QUIC does: ``receiving`` until the
+    request's FIN or a reset, ``sending`` until our FIN or a reset.  The
+    stream leaves the adapter when neither is open.  ``broken`` is set when
+    the response can no longer be delivered (reset either way, connection
+    lost); ``send_body`` then raises ``StreamClosed``.
+    """
+
+    __slots__ = (
+        "stream_id", "handler", "receiving", "sending", "broken", "framing_held",
+        "_adapter", "_writable",
+    )
+
+    def __init__(self, adapter: H3Adapter, stream_id: int) -> None:
+        self._adapter = adapter
+        self.stream_id = stream_id
+        self.handler: StreamHandler | None = None
+        self.receiving = True
+        self.sending = True
+        self.broken = False
+        #: Bytes aioquic's H3 layer buffers for this stream (a partial HEADERS
+        #: frame), charged against the stream's receive window.
+        self.framing_held = 0
+        self._writable: asyncio.Event | None = None
+
+    # -- StreamSink ---------------------------------------------------------
+
+    def send_head(self, status: int, headers: Headers) -> None:
+        if self.sending and not self.broken:
+            self._adapter.write_head(self, status, headers)
+
+    async def send_body(self, data: bytes, end: bool) -> None:
+        limit = self._adapter.high_water
+        if len(data) <= limit:
+            self._adapter.write_body(self, data, end)
+            await self._wait_writable()
+            return
+        for offset in range(0, len(data), limit):
+            last = offset + limit >= len(data)
+            self._adapter.write_body(self, data[offset:offset + limit], end and last)
+            await self._wait_writable()
+
+    def send_trailers(self, headers: Headers) -> None:
+        if self.sending and not self.broken:
+            self._adapter.write_trailers(self, headers)
+
+    def reset(self, reason: ResetReason) -> None:
+        self._adapter.reset_stream(self, _RESET_CODES[reason])
+
+    def credit(self, n: int) -> None:
+        self._adapter.return_credit(self, n)
+
+    # -- adapter side ---------------------------------------------------------
+
+    def wake(self) -> None:
+        if self._writable is not None:
+            self._writable.set()
+
+    async def _wait_writable(self) -> None:
+        while self._adapter.must_wait(self):
+            if self._writable is None:
+                self._writable = asyncio.Event()
+            self._writable.clear()
+            self._adapter.blocked.add(self)
+            await self._writable.wait()
+        if self.broken:
+            raise StreamClosed(f"HTTP/3 stream {self.stream_id} was closed")
+
+
+class H3Adapter:
+    """Implements :class:`~quicserve.protocols.base.QuicAdapter` for ALPN ``h3``."""
+
+    def __init__(self, *, ctx: ConnectionContext, quic: QuicConnection,
+                 session: QuicSessionHandle) -> None:
+        self._ctx = ctx
+        self._quic = quic
+        self._session = session
+        self._h3 = ServerH3Connection(quic)
+        self._streams: dict[int, RequestStream] = {}
+        #: Streams waiting in ``send_body`` for the buffer to drain.
+        self.blocked: set[RequestStream] = set()
+        self.high_water = ctx.options.stream_high_water
+        #: The lowest request stream ID not seen yet (what GOAWAY names).
+        self._next_stream_id = 0
+        self._goaway_at: int | None = None
+
+    # -- QuicAdapter ----------------------------------------------------------------
+
+    def handle_event(self, event: object) -> None:
+        if isinstance(event, StreamDataReceived):
+            self._stream_data(event)
+        elif isinstance(event, StreamReset):
+            self._dispatch(self._h3.handle_event(event))
+            self._peer_reset(event.stream_id, "stream reset by the client")
+        elif isinstance(event, StopSendingReceived):
+            self._dispatch(self._h3.handle_event(event))
+            self._peer_reset(event.stream_id, "client stopped reading the response")
+        else:
+            self._dispatch(self._h3.handle_event(event))  # type: ignore[arg-type]
+
+    def on_send_capacity(self) -> None:
+        for stream in list(self.blocked):
+            if not self.must_wait(stream):
+                self.blocked.discard(stream)
+                stream.wake()
+
+    def shutdown(self) -> None:
+        if self._goaway_at is not None:
+            return
+        self._goaway_at = self._next_stream_id
+        self._h3.send_goaway(self._goaway_at)
+        log.error_logger.debug("HTTP/3 GOAWAY %d sent", self._goaway_at)
+        self._close_if_done()
+        self._session.mark_dirty()
+
+    def connection_lost(self) -> None:
+        streams, self._streams = list(self._streams.values()), {}
+        for stream in streams:
+            stream.broken = True
+            stream.receiving = stream.sending = False
+            if stream.handler is not None:
+                stream.handler.abort("connection lost")
+        for stream in list(self.blocked):
+            stream.broken = True
+            stream.wake()
+        self.blocked.clear()
+
+    def active_streams(self) -> int:
+        return len(self._streams)
+
+    # -- receive path -------------------------------------------------------------
+
+    def _stream_data(self, event: StreamDataReceived) -> None:
+        stream_id = event.stream_id
+        stream = self._streams.get(stream_id)
+        if stream is None and is_request_stream(stream_id) and not self._h3.is_discarded(stream_id):
+            stream = self._streams[stream_id] = RequestStream(self, stream_id)
+            self._session.withhold_credit(stream_id, 0)
+            self._next_stream_id = max(self._next_stream_id, stream_id + 4)
+        self._dispatch(self._h3.handle_event(event))
+        if stream is None or self._streams.get(stream_id) is not stream:
+            return
+        if stream.handler is None and event.end_stream:
+            # A FIN without a complete head: aioquic has already answered it
+            # with H3_REQUEST_INCOMPLETE.
+            self._forget(stream)
+            return
+        self._charge_framing(stream)
+
+    def _dispatch(self, events: list[H3Event]) -> None:
+        for event in events:
+            if isinstance(event, DataReceived):
+                self._body(event)
+            elif isinstance(event, HeadersReceived):
+                self._headers(event)
+            elif isinstance(event, MessageMalformed):
+                self._malformed(event.stream_id, event.reason)
+
+    def _headers(self, event: HeadersReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None:
+            return
+        if stream.handler is not None:
+            # Request trailers: ASGI has no place for them; only the end matters.
+            if event.stream_ended:
+                self._end_of_request(stream)
+            return
+        if self._goaway_at is not None and event.stream_id >= self._goaway_at:
+            self.reset_stream(stream, ErrorCode.H3_REQUEST_REJECTED)
+            return
+        self._start(stream, event)
+
+    def _start(self, stream: RequestStream, event: HeadersReceived) -> None:
+        try:
+            head = heads.pseudo_request_head(
+                event.headers, early_data=self._session.in_early_data())
+        except ProtocolError as exc:
+            self._malformed(stream.stream_id, str(exc))
+            return
+        stream.handler = self._ctx.stream_factory(head, stream)
+        stream.handler.start(head, self._session.connection_info())
+        if event.stream_ended:
+            self._end_of_request(stream)
+
+    def _body(self, event: DataReceived) -> None:
+        stream = self._streams.get(event.stream_id)
+        if stream is None or stream.handler is None:
+            return
+        self._session.withhold_credit(stream.stream_id, len(event.data))
+        if event.stream_ended:
+            stream.receiving = False
+        stream.handler.receive_body(event.data, not event.stream_ended)
+        if event.stream_ended:
+            self._maybe_done(stream)
+
+    def _end_of_request(self, stream: RequestStream) -> None:
+        stream.receiving = False
+        if stream.handler is not None:
+            stream.handler.receive_body(b"", False)
+        self._maybe_done(stream)
+
+    def _malformed(self, stream_id: int, reason: str) -> None:
+        log.error_logger.debug("HTTP/3 stream %d: malformed request: %s", stream_id, reason)
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        self.reset_stream(stream, ErrorCode.H3_MESSAGE_ERROR)
+
+    def _peer_reset(self, stream_id: int, reason: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        handler = stream.handler
+        self.reset_stream(stream, ErrorCode.H3_REQUEST_CANCELLED)
+        if handler is not None:
+            handler.abort(reason)
+
+    # -- credit ---------------------------------------------------------------------
+
+    def return_credit(self, stream: RequestStream, n: int) -> None:
+        """The app consumed ``n`` body bytes of ``stream``: reopen the window."""
+        if stream.receiving and n > 0:
+            self._session.return_credit(stream.stream_id, n)
+            self._session.mark_dirty()
+
+    def _charge_framing(self, stream: RequestStream) -> None:
+        """Keep bytes the H3 layer still buffers charged to the stream window."""
+        buffered = self._h3.buffered(stream.stream_id)
+        delta = buffered - stream.framing_held
+        if delta > 0:
+            self._session.withhold_credit(stream.stream_id, delta)
+        elif delta < 0:
+            self._session.return_credit(stream.stream_id, -delta)
+        stream.framing_held = buffered
+
+    # -- send path (called by RequestStream) --------------------------------------
+
+    def write_head(self, stream: RequestStream, status: int, headers: Headers) -> None:
+        fields = heads.response_headers(status, headers, self._ctx.response_defaults,
+                                        now=self._ctx.clock(), alt_svc=False)
+        self._h3.send_headers(stream.stream_id, [(b":status", str(status).encode()), *fields])
+        self._session.mark_dirty()
+
+    def write_body(self, stream: RequestStream, data: bytes, end: bool) -> None:
+        if stream.broken or not stream.sending:
+            raise StreamClosed(f"HTTP/3 stream {stream.stream_id} was closed")
+        self._h3.send_data(stream.stream_id, data, end)
+        self._session.mark_dirty()
+        if end:
+            stream.sending = False
+            self._maybe_done(stream)
+
+    def write_trailers(self, stream: RequestStream, headers: Headers) -> None:
+        self._h3.send_headers(stream.stream_id, list(headers), end_stream=True)
+        stream.sending = False
+        self._session.mark_dirty()
+        self._maybe_done(stream)
+
+    def must_wait(self, stream: RequestStream) -> bool:
+        if stream.broken:
+            return False
+        return self._session.stream_send_buffered(stream.stream_id) > self.high_water
+
+    def reset_stream(self, stream: RequestStream, code: int) -> None:
+        """Reset both halves of ``stream`` that are still open, and forget it."""
+        if stream.sending:
+            self._quic.reset_stream(stream.stream_id, code)
+        if stream.receiving:
+            self._stop(stream.stream_id, code)
+        self._h3.discard(stream.stream_id)
+        stream.broken = True
+        stream.receiving = stream.sending = False
+        stream.wake()
+        self._forget(stream)
+        self._session.mark_dirty()
+
+    # -- helpers ----------------------------------------------------------------------
+
+    def _stop(self, stream_id: int, code: int) -> None:
+        try:
+            self._quic.stop_stream(stream_id, code)
+        except ValueError:
+            # aioquic has already discarded the stream: nothing left to stop.
+            pass
+
+    def _maybe_done(self, stream: RequestStream) -> None:
+        if not stream.receiving and not stream.sending:
+            self._forget(stream)
+
+    def _forget(self, stream: RequestStream) -> None:
+        if self._streams.get(stream.stream_id) is stream:
+            del self._streams[stream.stream_id]
+            self._close_if_done()
+
+    def _close_if_done(self) -> None:
+        if self._goaway_at is not None and not self._streams:
+            self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="shutdown")
+            self._session.mark_dirty()

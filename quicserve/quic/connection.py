@@ -1,0 +1,320 @@
+"""QuicSession: one server-side QUIC connection, driven by calls, time passed in.
+
+Theory of operation
+-------------------
+``transport/udp.py`` owns sockets and timers; a ``QuicSession`` owns one
+aioquic connection (``quic/internals.py``'s ``ManagedQuicConnection``, whose
+connection IDs and stateless-reset tokens come from quicserve) and the
+application adapter on top of it.  The endpoint drives it with four calls,
+all synchronous, all taking ``now`` from the loop's clock:
+
+``receive(data, addr, now)``
+    one datagram the router delivered; events are processed at once.
+``handle_timer(now)``
+    the session's one timer fired.
+``datagrams_to_send(now)``
+    the endpoint's once-per-loop-turn flush.
+``deadline()``
+    when the timer must fire next (aioquic's ``get_timer()``); the endpoint
+    re-arms its one timer handle only when this changes.
+
+Upward, the session tells its :class:`SessionOwner` (the endpoint) what the
+router and the flush need to know: ``session_dirty`` (flush me this turn),
+``cid_issued``/``cid_retired`` (keep the router's CID table in step with
+aioquic's ConnectionIdIssued/ConnectionIdRetired events) and
+``session_closed`` (ConnectionTerminated: idle timeout, peer close, or the
+end of our own closing period).
+
+Events are handled in the order aioquic queued them: ProtocolNegotiated
+builds the adapter from the ALPN (``h3`` -> :class:`H3Adapter`,
+``hq-interop`` -> ``HqAdapter``); HandshakeCompleted ends the 0-RTT window
+(stream data queued before it arrived in 0-RTT, which is what
+:meth:`in_early_data` reports to the adapter); the connection-ID events go to
+the owner; everything else goes to the adapter.
+
+The session is also the adapter's :class:`~quicserve.protocols.base.QuicSessionHandle`.
+
+Never: await, read a clock, touch a socket, or raise for peer input (aioquic
+turns peer errors into CONNECTION_CLOSE).  Debug logs carry the connection ID
+in hex.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Callable, Protocol
+
+from aioquic.h3.connection import ErrorCode as H3ErrorCode
+from aioquic.quic.events import (
+    ConnectionIdIssued,
+    ConnectionIdRetired,
+    ConnectionTerminated,
+    HandshakeCompleted,
+    ProtocolNegotiated,
+    QuicEvent,
+)
+from aioquic.quic.packet import QuicErrorCode
+
+from ..interfaces import Address, ConnectionContext, ConnectionInfo
+from ..log import error_logger
+from ..protocols.h3 import H3Adapter
+from .internals import ManagedQuicConnection
+from .router import Create
+from .settings import QuicSettings
+
+if TYPE_CHECKING:
+    from ..protocols.base import QuicAdapter
+    from .cid import CidIssuer, StatelessResetKeys
+    from .tokens import SessionTicketStore
+
+NetworkAddress = tuple[str, int] | tuple[str, int, int, int]
+
+#: ALPN -> the adapter serving it.  hq is imported lazily (it is optional).
+_H3_INFO = ("3", "HTTP/3", ("http.response.trailers",))
+
+
+def stream_send_buffered(quic: ManagedQuicConnection, stream_id: int) -> int:
+    """Bytes written to ``stream_id`` and not yet acknowledged by the peer.
+
+    aioquic keeps exactly those in ``QuicStreamSender._buffer`` (acknowledged
+    bytes are cut from its front).  This is the one private aioquic name this
+    module reads; ``tests/unit/quic/test_connection.py`` pins it.
+    """
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    return len(stream.sender._buffer)
+
+
+class SessionOwner(Protocol):
+    """What a session reports to the endpoint that owns it."""
+
+    def session_dirty(self, session: QuicSession) -> None: ...
+
+    def cid_issued(self, session: QuicSession, cid: bytes) -> None: ...
+
+    def cid_retired(self, session: QuicSession, cid: bytes) -> None: ...
+
+    def session_closed(self, session: QuicSession) -> None: ...
+
+
+AdapterFactory = Callable[..., "QuicAdapter"]
+
+
+def _hq_factory() -> AdapterFactory | None:
+    try:
+        from ..protocols.hq import HqAdapter
+    except ImportError:
+        return None
+    return HqAdapter
+
+
+class QuicSession:
+    """One QUIC connection and its HTTP/3 (or hq) adapter.
+
+    Error handling: peer errors close the connection inside aioquic and end
+    in ``session_closed``.  A Retry token that failed validation closes the
+    connection with INVALID_TOKEN as soon as the first Initial is processed.
+
+    Resource handling: the session holds the aioquic connection, its adapter
+    and nothing else; the owner forgets it on ``session_closed``.
+    """
+
+    __slots__ = (
+        "_ctx", "_quic", "_owner", "_server", "_adapter", "_handshake_done",
+        "_close_on_first_receive", "_client_dcid", "host_cid", "cid_hex", "_log",
+    )
+
+    def __init__(
+        self,
+        *,
+        ctx: ConnectionContext,
+        quic: ManagedQuicConnection,
+        owner: SessionOwner,
+        server: Address | None,
+        client_dcid: bytes,
+        token_invalid: bool = False,
+    ) -> None:
+        self._ctx = ctx
+        self._quic = quic
+        self._owner = owner
+        self._server = server
+        self._adapter: QuicAdapter | None = None
+        self._handshake_done = False
+        self._close_on_first_receive = token_invalid
+        #: The DCID the client picked for its first Initials; routed until
+        #: the handshake completes (the client then uses our CIDs).
+        self._client_dcid = client_dcid
+        #: The connection ID quicserve issued first (sequence 0).
+        self.host_cid: bytes = quic.host_cid
+        self.cid_hex = self.host_cid.hex()
+        self._log = error_logger
+
+    # -- driven by the endpoint ---------------------------------------------------
+
+    def receive(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        """Feed one datagram; never awaits, never raises for hostile bytes."""
+        self._quic.receive_datagram(data, addr, now)
+        if self._close_on_first_receive:
+            self._close_on_first_receive = False
+            self._log.debug("[%s] invalid Retry token: INVALID_TOKEN", self.cid_hex)
+            self._quic.close(error_code=QuicErrorCode.INVALID_TOKEN, reason_phrase="invalid token")
+        self._process_events()
+        if self._adapter is not None:
+            self._adapter.on_send_capacity()
+        self._owner.session_dirty(self)
+
+    def handle_timer(self, now: float) -> None:
+        self._quic.handle_timer(now)
+        self._process_events()
+        self._owner.session_dirty(self)
+
+    def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        datagrams = self._quic.datagrams_to_send(now)
+        # Connection IDs are issued while packets are written: drain those events.
+        self._process_events()
+        return datagrams
+
+    def deadline(self) -> float | None:
+        return self._quic.get_timer()
+
+    def shutdown(self) -> None:
+        """Graceful: GOAWAY (H3); the adapter closes once its streams are done."""
+        if self._adapter is not None:
+            self._adapter.shutdown()
+        else:
+            self._quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="shutdown")
+        self._owner.session_dirty(self)
+
+    def abort(self) -> None:
+        """CONNECTION_CLOSE now; in-flight streams are aborted."""
+        code = H3ErrorCode.H3_NO_ERROR if self._adapter is not None else QuicErrorCode.NO_ERROR
+        self._quic.close(error_code=code, reason_phrase="server shutting down")
+        if self._adapter is not None:
+            self._adapter.connection_lost()
+        self._owner.session_dirty(self)
+
+    @property
+    def active_streams(self) -> int:
+        return self._adapter.active_streams() if self._adapter is not None else 0
+
+    # -- QuicSessionHandle ------------------------------------------------------------
+
+    def mark_dirty(self) -> None:
+        self._owner.session_dirty(self)
+
+    def connection_info(self, *, early_data: bool = False) -> ConnectionInfo:
+        peer = self._quic.get_peer_address()
+        http_version, label, extensions = _H3_INFO
+        return ConnectionInfo(
+            http_version=http_version,
+            protocol=label,
+            scheme="https",
+            client=(peer[0], peer[1]) if peer is not None else None,
+            server=self._server,
+            secure=True,
+            connection_id=self.cid_hex,
+            extensions=extensions,
+        )
+
+    def withhold_credit(self, stream_id: int, n: int) -> None:
+        self._quic.withhold_stream_credit(stream_id, n)
+
+    def return_credit(self, stream_id: int, n: int) -> None:
+        self._quic.grant_stream_credit(stream_id, n)
+
+    def stream_send_buffered(self, stream_id: int) -> int:
+        return stream_send_buffered(self._quic, stream_id)
+
+    def in_early_data(self) -> bool:
+        return not self._handshake_done
+
+    # -- events ------------------------------------------------------------------------
+
+    def _process_events(self) -> None:
+        quic = self._quic
+        event = quic.next_event()
+        while event is not None:
+            handler = _HANDLERS.get(type(event))
+            if handler is not None:
+                handler(self, event)
+            elif self._adapter is not None:
+                self._adapter.handle_event(event)
+            event = quic.next_event()
+
+    def _on_protocol(self, event: ProtocolNegotiated) -> None:
+        alpn = event.alpn_protocol
+        factory: AdapterFactory | None = H3Adapter if alpn == "h3" else None
+        if alpn == "hq-interop":
+            factory = _hq_factory()
+        if factory is None:
+            self._log.debug("[%s] no adapter for ALPN %r", self.cid_hex, alpn)
+            self._quic.close(error_code=QuicErrorCode.INTERNAL_ERROR, reason_phrase="no ALPN")
+            return
+        self._adapter = factory(ctx=self._ctx, quic=self._quic, session=self)
+        self._log.debug("[%s] ALPN %s", self.cid_hex, alpn)
+
+    def _on_handshake(self, event: HandshakeCompleted) -> None:
+        self._handshake_done = True
+        self._log.debug("[%s] handshake completed (resumed=%s, 0-RTT=%s)", self.cid_hex,
+                        event.session_resumed, event.early_data_accepted)
+        self._owner.cid_retired(self, self._client_dcid)
+
+    def _on_cid_issued(self, event: ConnectionIdIssued) -> None:
+        self._owner.cid_issued(self, event.connection_id)
+
+    def _on_cid_retired(self, event: ConnectionIdRetired) -> None:
+        self._owner.cid_retired(self, event.connection_id)
+
+    def _on_terminated(self, event: ConnectionTerminated) -> None:
+        if self._log.isEnabledFor(logging.DEBUG):
+            self._log.debug("[%s] connection terminated (code 0x%x, %s)", self.cid_hex,
+                            event.error_code, event.reason_phrase)
+        if self._adapter is not None:
+            self._adapter.connection_lost()
+        self._owner.session_closed(self)
+
+
+_HANDLERS: dict[type[QuicEvent], Callable[[QuicSession, QuicEvent], None]] = {
+    ProtocolNegotiated: QuicSession._on_protocol,  # type: ignore[dict-item]
+    HandshakeCompleted: QuicSession._on_handshake,  # type: ignore[dict-item]
+    ConnectionIdIssued: QuicSession._on_cid_issued,  # type: ignore[dict-item]
+    ConnectionIdRetired: QuicSession._on_cid_retired,  # type: ignore[dict-item]
+    ConnectionTerminated: QuicSession._on_terminated,  # type: ignore[dict-item]
+}
+
+
+class SessionFactory:
+    """Builds a :class:`QuicSession` for each ``Create`` decision of the router.
+
+    Holds what every session of one endpoint shares: the settings, the CID
+    issuer, the stateless-reset keys and the session-ticket store.
+    """
+
+    def __init__(self, *, ctx: ConnectionContext, settings: QuicSettings, issuer: CidIssuer,
+                 reset_keys: StatelessResetKeys, tickets: SessionTicketStore,
+                 server: Address | None) -> None:
+        self._ctx = ctx
+        self._settings = settings
+        self._issuer = issuer
+        self._reset_keys = reset_keys
+        self._tickets = tickets
+        self._server = server
+
+    def create(self, action: Create, *, owner: SessionOwner) -> QuicSession:
+        settings = self._settings
+        quic = ManagedQuicConnection(
+            configuration=settings.configuration,
+            cid_issuer=self._issuer,
+            reset_keys=self._reset_keys,
+            original_destination_connection_id=action.original_dcid,
+            retry_source_connection_id=action.retry_source_cid,
+            ticket_store=self._tickets,
+            early_data=settings.early_data,
+            max_streams_bidi=settings.max_streams,
+        )
+        session = QuicSession(ctx=self._ctx, quic=quic, owner=owner, server=self._server,
+                              client_dcid=action.dcid, token_invalid=action.token_invalid)
+        error_logger.debug("[%s] new QUIC connection (version 0x%x, retry=%s)", session.cid_hex,
+                           action.version, action.retry_source_cid is not None)
+        return session

@@ -1,0 +1,286 @@
+"""UdpEndpoint: one UDP socket, the router's decisions carried out, one flush per turn.
+
+Theory of operation
+-------------------
+One ``UdpEndpoint`` serves one ``--quic-bind`` socket (IPv4 or IPv6).  It is
+the only QUIC code that touches the event loop.  Everything it does is one of:
+
+* **receive** -- ``datagram_received`` asks the pure :class:`CidRouter` what
+  the datagram is and carries out the answer: ``Deliver`` feeds the session
+  (``session.receive`` never awaits), ``Create`` builds a session
+  (``quic/connection.py``), ``Reply`` sends Version Negotiation, Retry or a
+  stateless reset, ``Drop`` counts.  No task is created per datagram and no
+  application work is awaited: a slow app is throttled by the flow-control
+  credit its own stream withholds.
+* **flush** -- sessions that have something to send mark themselves dirty
+  (:meth:`session_dirty`); the first mark of a loop turn schedules one
+  ``loop.call_soon(self._flush)``, which drains every dirty session's
+  datagrams and re-arms its timer.  So a burst of received datagrams, or a
+  hundred apps writing in the same turn, costs one flush per session per turn.
+* **timers** -- one ``TimerHandle`` per session, re-armed only when the
+  session's deadline (aioquic ``get_timer()``) changes.
+
+The router is kept in step with the sessions' connection IDs through
+:class:`~quicserve.quic.connection.SessionOwner` calls (issued, retired,
+closed).  ``Statistics.quic_sessions`` and ``datagrams_*`` are exact: every
+datagram received is counted once, as is every one sent and every one dropped.
+
+Graceful shutdown follows ``transport/base.py``: ``stop_accepting`` (new
+Initials are dropped), ``shutdown`` (GOAWAY on every session; each closes
+with H3_NO_ERROR once its streams are done), ``wait_closed``, and ``abort``
+(CONNECTION_CLOSE on every session now).
+
+The send path (:meth:`_send`) and the receive path (:meth:`_dispatch`) are
+small functions so that ``transport/batch.py`` (GSO/GRO) slots in.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import socket
+from typing import IO, TYPE_CHECKING, Iterable
+
+from ..log import error_logger, open_keylog
+from ..quic.cid import CidIssuer, StatelessResetKeys
+from ..quic.connection import NetworkAddress, QuicSession, SessionFactory
+from ..quic.router import CidRouter, Create, Deliver, Drop, Reply
+from ..quic.settings import SUPPORTED_VERSIONS, quic_settings
+from ..quic.tokens import QuicSecrets, RetryTokens, SessionTicketStore
+
+if TYPE_CHECKING:
+    from ..config import Config
+    from ..interfaces import ConnectionContext
+
+
+class UdpEndpoint(asyncio.DatagramProtocol):
+    """The QUIC side of one UDP socket; a :class:`~quicserve.transport.base.Listener`.
+
+    Error handling: hostile datagrams never raise out of the receive path
+    (the router drops what does not parse; aioquic closes connections that
+    break the protocol).  Send errors (``OSError`` from ``sendto``) are
+    logged by asyncio's transport and the datagrams are lost, which QUIC's
+    loss recovery handles.
+
+    Resource handling: sessions are capped by ``--quic-max-connections`` (the
+    router drops Initials beyond it) and each is removed when aioquic reports
+    it terminated (idle timeout, peer close, end of closing period).
+    """
+
+    def __init__(self, *, loop: asyncio.AbstractEventLoop, router: CidRouter[QuicSession],
+                 factory: SessionFactory, ctx: ConnectionContext,
+                 keylog: IO[str] | None = None) -> None:
+        self._loop = loop
+        self._router = router
+        self._factory = factory
+        self._stats = ctx.stats
+        self._keylog = keylog
+        self._transport: asyncio.DatagramTransport | None = None
+        self._sessions: set[QuicSession] = set()
+        self._dirty: set[QuicSession] = set()
+        self._flush_scheduled = False
+        self._timers: dict[QuicSession, tuple[float, asyncio.TimerHandle]] = {}
+        self._closing = False
+        self._all_closed = asyncio.Event()
+        self._all_closed.set()
+        self._addresses: list[tuple[str, int] | str] = []
+
+    # -- asyncio.DatagramProtocol ---------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = transport  # type: ignore[assignment]
+        sockname = transport.get_extra_info("sockname")
+        if sockname:
+            self._addresses = [(sockname[0], sockname[1])]
+
+    def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        self._stats.datagrams_received += 1
+        self._dispatch(data, addr, self._loop.time())
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP errors (port unreachable...) arrive here on Linux; QUIC's own
+        # timers deal with unreachable peers.
+        error_logger.debug("UDP error: %s", exc)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._transport = None
+
+    # -- receive path -------------------------------------------------------------
+
+    def _dispatch(self, data: bytes, addr: NetworkAddress, now: float) -> None:
+        action = self._router.route(data, (addr[0], addr[1]), now)
+        if type(action) is Deliver:
+            action.session.receive(data, addr, now)
+        elif isinstance(action, Create):
+            self._create(action, data, addr, now)
+        elif isinstance(action, Reply):
+            self._send([(action.data, addr)])
+        elif isinstance(action, Drop):
+            self._stats.datagrams_dropped += 1
+
+    def _create(self, action: Create, data: bytes, addr: NetworkAddress, now: float) -> None:
+        session = self._factory.create(action, owner=self)
+        self._sessions.add(session)
+        self._all_closed.clear()
+        self._stats.quic_sessions += 1
+        self._router.add(action.dcid, session)
+        self._router.add(session.host_cid, session)
+        session.receive(data, addr, now)
+
+    # -- SessionOwner -------------------------------------------------------------------
+
+    def session_dirty(self, session: QuicSession) -> None:
+        self._dirty.add(session)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            self._loop.call_soon(self._flush)
+
+    def cid_issued(self, session: QuicSession, cid: bytes) -> None:
+        if session in self._sessions:
+            self._router.add(cid, session)
+
+    def cid_retired(self, session: QuicSession, cid: bytes) -> None:
+        self._router.remove(cid)
+
+    def session_closed(self, session: QuicSession) -> None:
+        if session not in self._sessions:
+            return
+        self._sessions.discard(session)
+        self._dirty.discard(session)
+        self._router.remove_session(session)
+        timer = self._timers.pop(session, None)
+        if timer is not None:
+            timer[1].cancel()
+        self._stats.quic_sessions -= 1
+        if not self._sessions:
+            self._all_closed.set()
+
+    # -- flush and timers -------------------------------------------------------------
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        dirty, self._dirty = self._dirty, set()
+        now = self._loop.time()
+        for session in dirty:
+            if session in self._sessions:
+                self._send(session.datagrams_to_send(now))
+                self._arm_timer(session)
+
+    def _send(self, datagrams: Iterable[tuple[bytes, NetworkAddress]]) -> None:
+        transport = self._transport
+        if transport is None:
+            return
+        sent = 0
+        for data, addr in datagrams:
+            transport.sendto(data, addr)
+            sent += 1
+        self._stats.datagrams_sent += sent
+
+    def _arm_timer(self, session: QuicSession) -> None:
+        deadline = session.deadline()
+        current = self._timers.get(session)
+        if current is not None:
+            if current[0] == deadline:
+                return
+            current[1].cancel()
+            del self._timers[session]
+        if deadline is not None and session in self._sessions:
+            handle = self._loop.call_at(deadline, self._on_timer, session, deadline)
+            self._timers[session] = (deadline, handle)
+
+    def _on_timer(self, session: QuicSession, deadline: float) -> None:
+        self._timers.pop(session, None)
+        # asyncio may run a timer up to one clock resolution early; aioquic
+        # compares ``now >= deadline`` strictly, so never pass it less.
+        session.handle_timer(max(self._loop.time(), deadline))
+        # handle_timer marked the session dirty: the flush re-arms the timer.
+
+    # -- Listener ---------------------------------------------------------------------
+
+    def stop_accepting(self) -> None:
+        self._router.accepting = False
+
+    def shutdown(self) -> None:
+        self.stop_accepting()
+        self._closing = True
+        for session in list(self._sessions):
+            session.shutdown()
+
+    async def wait_closed(self) -> None:
+        await self._all_closed.wait()
+        if self._closing:
+            self._close_transport()
+
+    def abort(self) -> None:
+        self.stop_accepting()
+        self._closing = True
+        for session in list(self._sessions):
+            session.abort()
+        self._flush()
+        for session in list(self._sessions):
+            self.session_closed(session)
+        self._close_transport()
+
+    @property
+    def addresses(self) -> list[tuple[str, int] | str]:
+        return list(self._addresses)
+
+    # -- introspection -----------------------------------------------------------------
+
+    @property
+    def sessions(self) -> frozenset[QuicSession]:
+        return frozenset(self._sessions)
+
+    def router_statistics(self) -> object:
+        return self._router.statistics()
+
+    def _close_transport(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+        if self._keylog is not None:
+            self._keylog.close()
+            self._keylog = None
+
+
+async def open_udp_endpoint(
+    sock: socket.socket,
+    *,
+    ctx: ConnectionContext,
+    config: Config,
+    secrets: QuicSecrets,
+    worker_id: int = 0,
+    worker_count: int = 1,
+) -> UdpEndpoint:
+    """Serve QUIC on the bound UDP socket ``sock``.
+
+    Error handling: a bad certificate, key or password, or a missing qlog
+    directory, raises here (``OSError``/``ValueError``), before any datagram
+    is read.
+
+    Resource handling: the endpoint owns ``sock`` from here on (through the
+    asyncio transport) and closes it in ``wait_closed`` after a shutdown, or in
+    ``abort``; it also opens and closes the ``SSLKEYLOGFILE`` key log.
+    """
+    loop = asyncio.get_running_loop()
+    keylog_path = os.environ.get("SSLKEYLOGFILE")
+    keylog = open_keylog(keylog_path) if keylog_path else None
+    settings = quic_settings(config, keylog=keylog)
+    issuer = CidIssuer(worker_id=worker_id, worker_count=worker_count,
+                       length=settings.configuration.connection_id_length)
+    reset_keys = StatelessResetKeys(secrets.reset_key)
+    router: CidRouter[QuicSession] = CidRouter(
+        issuer=issuer,
+        reset_keys=reset_keys,
+        retry=RetryTokens(secrets.retry_key) if config.quic_retry else None,
+        supported_versions=SUPPORTED_VERSIONS,
+        reset_rate=config.quic_stateless_reset_rate,
+        max_sessions=settings.max_connections,
+    )
+    sockname = sock.getsockname()
+    factory = SessionFactory(ctx=ctx, settings=settings, issuer=issuer, reset_keys=reset_keys,
+                             tickets=SessionTicketStore(secrets.ticket_key),
+                             server=(sockname[0], sockname[1]))
+    endpoint = UdpEndpoint(loop=loop, router=router, factory=factory, ctx=ctx, keylog=keylog)
+    sock.setblocking(False)
+    await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+    return endpoint
