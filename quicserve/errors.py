@@ -71,6 +71,10 @@ class UnsupportedPlatform(QuicserveError):
     """The platform lacks a socket feature the configuration asks for."""
 
 
+class TLSConfigError(QuicserveError):
+    """A certificate, key or CA file cannot be used; the message names the file."""
+
+
 @contextlib.contextmanager
 def map_exceptions(mapping: Mapping[type[BaseException], type[QuicserveError]]) -> Iterator[None]:
     """Translate third-party exceptions into quicserve's own, exactly once.
