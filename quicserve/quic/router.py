@@ -121,6 +121,9 @@ class DropReason(str, enum.Enum):
     TOO_SMALL_FOR_RESET = "too_small_for_reset"
     RESET_RATE_LIMITED = "reset_rate_limited"
 
+    def __str__(self) -> str:
+        return self.value
+
 
 # --------------------------------------------------------------------------
 # Actions
@@ -470,7 +473,7 @@ class CidRouter(Generic[S]):
         return Reply(data=data, kind=kind)
 
     def _drop(self, reason: DropReason) -> Drop:
-        self._dropped[reason] = self._dropped.get(reason, 0) + 1
+        self._dropped[reason.value] = self._dropped.get(reason.value, 0) + 1
         return Drop(reason)
 
     def statistics(self) -> RouterStats:

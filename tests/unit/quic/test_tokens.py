@@ -249,3 +249,29 @@ def test_local_tickets_are_bounded() -> None:
         store.add(t)
     assert store.pop(tickets[0].ticket) is None
     assert store.pop(tickets[4].ticket) is tickets[4]
+
+
+def test_load_warns_about_a_readable_secret_file(tmp_path: Path) -> None:
+    import logging
+
+    from quicserve.log import error_logger
+
+    records: list[logging.LogRecord] = []
+
+    class Collect(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            records.append(record)
+
+    handler = Collect(level=logging.WARNING)
+    error_logger.addHandler(handler)
+    try:
+        path = tmp_path / "secret"
+        path.write_bytes(os.urandom(32).hex().encode())
+        path.chmod(0o644)
+        QuicSecrets.load(str(path))
+        path.chmod(0o600)
+        QuicSecrets.load(str(path))
+    finally:
+        error_logger.removeHandler(handler)
+    assert [r.getMessage() for r in records] == \
+        [f"QUIC secret file {path} is accessible by group or others; chmod 600 it"]
