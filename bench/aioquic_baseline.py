@@ -1,0 +1,114 @@
+"""A minimal HTTP/3 server on aioquic's public API: the baseline quicserve
+must beat by 1.3x (issue 6).
+
+Only public aioquic API is used -- ``aioquic.asyncio.serve``, a
+``QuicConnectionProtocol`` subclass and ``H3Connection`` -- with no ASGI
+layer, no backpressure and no bookkeeping: the least a Python server on
+aioquic can do per request.  It answers every GET at once:
+
+* ``/bytes/N``  N bytes (``/32m`` is 32 MiB), handed to aioquic in one call;
+* anything else ``hello, world\\n`` (13 bytes).
+
+Run ``python bench/aioquic_baseline.py --port 4433 --certfile C --keyfile K``;
+it prints ``ready <port>`` on stdout once listening and stops on SIGTERM or
+SIGINT.  ``--loop uvloop`` (the default when installed, as for quicserve)
+or ``--loop asyncio``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import signal
+import sys
+
+from aioquic.asyncio import QuicConnectionProtocol, serve
+from aioquic.h3.connection import H3_ALPN, H3Connection
+from aioquic.h3.events import H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import ProtocolNegotiated, QuicEvent
+
+SMALL_BODY = b"hello, world\n"
+BIG = 32 * 1024 * 1024
+_BLOBS: dict[int, bytes] = {}
+
+
+def body_for(path: bytes) -> bytes:
+    """The response body for ``path``; large bodies are made once and reused."""
+    size = None
+    if path == b"/32m":
+        size = BIG
+    elif path.startswith(b"/bytes/") and path[7:].isdigit():
+        size = min(int(path[7:]), 1 << 30)
+    if size is None:
+        return SMALL_BODY
+    if size not in _BLOBS:
+        _BLOBS[size] = b"x" * size
+    return _BLOBS[size]
+
+
+class BaselineProtocol(QuicConnectionProtocol):
+    """One QUIC connection: H3 on top, answer each request head at once."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._http: H3Connection | None = None
+
+    def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ProtocolNegotiated):
+            self._http = H3Connection(self._quic)
+        if self._http is not None:
+            for h3_event in self._http.handle_event(event):
+                self._h3_event(h3_event)
+
+    def _h3_event(self, event: H3Event) -> None:
+        if not isinstance(event, HeadersReceived) or self._http is None:
+            return
+        path = dict(event.headers).get(b":path", b"/")
+        body = body_for(path)
+        self._http.send_headers(event.stream_id, [
+            (b":status", b"200"),
+            (b"content-type", b"application/octet-stream"),
+            (b"content-length", str(len(body)).encode()),
+        ])
+        self._http.send_data(event.stream_id, body, end_stream=True)
+
+
+async def main_async(args: argparse.Namespace) -> None:
+    configuration = QuicConfiguration(is_client=False, alpn_protocols=H3_ALPN,
+                                      max_datagram_frame_size=None)
+    configuration.load_cert_chain(args.certfile, args.keyfile)
+    server = await serve(args.host, args.port, configuration=configuration,
+                         create_protocol=BaselineProtocol)
+    port = server._transport.get_extra_info("sockname")[1]  # for the ready line only
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop.set)
+    print(f"ready {port}", flush=True)
+    await stop.wait()
+    server.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, default=4433)
+    parser.add_argument("--certfile", required=True)
+    parser.add_argument("--keyfile", required=True)
+    parser.add_argument("--loop", choices=("auto", "asyncio", "uvloop"), default="auto")
+    args = parser.parse_args(argv)
+    if args.loop != "asyncio":
+        try:
+            import uvloop
+        except ImportError:
+            if args.loop == "uvloop":
+                raise
+        else:
+            uvloop.install()
+    asyncio.run(main_async(args))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
