@@ -39,6 +39,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import importlib
 import importlib.util
 import os
@@ -47,7 +48,7 @@ import ssl
 import sys
 import threading
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Coroutine, Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Awaitable, Callable, Coroutine, Iterable, Sequence
 
 from . import __version__, log
 from .asgi.app import load_app, wrap_app
@@ -61,6 +62,9 @@ from .protocols.altsvc import alt_svc_value
 from .transport import sockets
 from .transport.base import Listener
 from .transport.sockets import BindError, BoundAddress, BoundSocket
+
+if TYPE_CHECKING:
+    from .supervisor import WorkerContext
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -109,8 +113,10 @@ class Server:
     ``await serve_until(trigger)`` or ``await shutdown()`` when done.  ``app``
     is an ASGI application (ASGI 2 and WSGI are wrapped), a ``"module:attr"``
     string, or None for ``config.app`` (and, failing that, ``--static DIR`` or
-    the demo app).  ``bound`` lets a supervisor pass sockets it opened itself;
-    the server then opens none and closes only those it was given.
+    the demo app).  ``worker`` is the supervisor's hand-over (``--workers``):
+    the sockets it opened (the server then opens none), the worker's id and
+    count for connection-ID steering, the shared QUIC secret, and a callback
+    made once the worker serves.
 
     Error handling: :meth:`start` raises ``AppLoadError`` (the app cannot be
     imported), ``StartupError`` (TLS files, missing features),
@@ -125,12 +131,10 @@ class Server:
     """
 
     def __init__(self, config: Config | None = None, *, app: AppArg = None,
-                 bound: Sequence[BoundSocket] | None = None,
-                 quic_secrets: object | None = None) -> None:
+                 worker: WorkerContext | None = None) -> None:
         self.config = config if config is not None else Config()
         self._app_arg = app
-        self._given_sockets = list(bound) if bound is not None else None
-        self._quic_secrets = quic_secrets
+        self._worker = worker
         self._stats = Statistics()
         self._state: dict[str, Any] = {}
         self._bound: list[BoundSocket] = []
@@ -186,6 +190,8 @@ class Server:
             await self._release_after_failed_start()
             raise
         self._log_ready()
+        if self._worker is not None:
+            self._worker.on_started(self._stats)
 
     async def serve_until(self, trigger: ShutdownTrigger | None = None) -> None:
         """Serve until ``trigger()`` returns (or :meth:`request_shutdown` / a
@@ -306,13 +312,15 @@ class Server:
                 password=config.keyfile_password, ca_certs=config.ca_certs,
                 verify_mode=config.verify_mode, alpn=list(_tcp_alpn()), keylog_file=keylog,
             )
+        except QuicserveError as exc:
+            raise StartupError(_one_line(exc)) from exc
         except (OSError, ssl.SSLError, ValueError) as exc:
             raise StartupError(f"cannot load the certificate {config.certfile}: "
                                f"{_one_line(exc)}") from exc
 
     def _open_sockets(self) -> None:
-        if self._given_sockets is not None:
-            self._bound = list(self._given_sockets)
+        if self._worker is not None:
+            self._bound = [*self._worker.tcp, *self._worker.udp]
             return
         config = self.config
         try:
@@ -363,16 +371,28 @@ class Server:
             self._bound = [b for b in self._bound if b.kind != "udp"]
             return []
         udp_module = importlib.import_module("quicserve.transport.udp")
-        secrets = self._quic_secrets
-        if secrets is None:
-            from .quic.tokens import QuicSecrets
+        from .quic.tokens import QuicSecrets
 
-            secrets = QuicSecrets.load(self.config.quic_secret_file)
+        worker = self._worker
+        if worker is not None:
+            secrets = QuicSecrets.from_master(worker.quic_secret)
+        else:
+            try:
+                secrets = QuicSecrets.load(self.config.quic_secret_file)
+            except QuicserveError as exc:
+                raise StartupError(_one_line(exc)) from exc
         ctx = self._context(loop, None)
         listeners: list[Listener] = []
         for bound in udp:
-            listeners.append(await udp_module.open_udp_endpoint(
-                bound.sock, ctx=ctx, config=self.config, secrets=secrets))
+            try:
+                listeners.append(await udp_module.open_udp_endpoint(
+                    bound.sock, ctx=ctx, config=self.config, secrets=secrets,
+                    worker_id=worker.worker_id if worker else 0,
+                    worker_count=worker.worker_count if worker else 1))
+            except (OSError, ValueError) as exc:
+                for listener in listeners:
+                    listener.abort()
+                raise StartupError(f"cannot serve QUIC on {bound.spec}: {_one_line(exc)}") from exc
         return listeners
 
     def _context(self, loop: asyncio.AbstractEventLoop, alt_svc: bytes | None) -> ConnectionContext:
@@ -523,11 +543,16 @@ def run(app: AppArg = None, **options: Any) -> None:
         raise SystemExit(code)
 
 
-def run_config(config: Config, *, app: AppArg = None) -> int:
-    """Run a server from a complete Config (the CLI's entry); the exit status."""
+def run_config(config: Config, *, app: AppArg = None,
+               worker: WorkerContext | None = None) -> int:
+    """Run a server from a complete Config (the CLI's entry); the exit status.
+
+    With ``--workers`` > 1 this hands over to ``supervisor.run(config)``, which
+    calls it back in every worker process with ``worker`` set.
+    """
     log.configure(level=config.log_level, access_log=config.access_log,
                   access_logfile=config.access_logfile)
-    if config.workers > 1:
+    if config.workers > 1 and worker is None:
         return _run_workers(config, app)
     try:
         loop_factory = _loop_factory(config.loop)
@@ -535,7 +560,7 @@ def run_config(config: Config, *, app: AppArg = None) -> int:
         print(f"quicserve: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     try:
-        _run_coroutine(serve(app, config), loop_factory)
+        _run_coroutine(_serve_process(app, config, worker), loop_factory)
     except LifespanError as exc:
         error_log.error("application startup failed: %s", exc)
         return EXIT_LIFESPAN
@@ -545,6 +570,14 @@ def run_config(config: Config, *, app: AppArg = None) -> int:
     except KeyboardInterrupt:  # a signal before the handlers were installed
         return EXIT_OK
     return EXIT_OK
+
+
+async def _serve_process(app: AppArg, config: Config, worker: WorkerContext | None) -> None:
+    """``serve()`` for a whole process: signal handlers on."""
+    server = Server(config, app=app, worker=worker)
+    await server.start()
+    server.install_signal_handlers()
+    await server.serve_until()
 
 
 def _run_workers(config: Config, app: AppArg) -> int:
@@ -700,14 +733,15 @@ def _tcp_alpn() -> tuple[str, ...]:
 
 
 def _tcp_adapters() -> dict[str, Any]:
+    """ALPN/switch key -> adapter factory.  HTTP/1.1 may switch to h2c (prior
+    knowledge or ``Upgrade``) only when the H2 adapter exists."""
     from .protocols.h11 import H11Adapter
 
-    adapters: dict[str, Any] = {"http/1.1": H11Adapter}
-    if importlib.util.find_spec("quicserve.protocols.h2") is not None:
-        from .protocols.h2 import H2Adapter
+    if importlib.util.find_spec("quicserve.protocols.h2") is None:
+        return {"http/1.1": functools.partial(H11Adapter, h2c=False)}
+    from .protocols.h2 import H2Adapter
 
-        adapters["h2"] = H2Adapter
-    return adapters
+    return {"http/1.1": H11Adapter, "h2": H2Adapter}
 
 
 async def _start_tcp(bound: BoundSocket, *, ctx: ConnectionContext, config: Config,
@@ -717,7 +751,7 @@ async def _start_tcp(bound: BoundSocket, *, ctx: ConnectionContext, config: Conf
     listener = TcpListener(sock=bound.sock, ctx=ctx, adapters=_tcp_adapters(),
                            ssl_context=ssl_context,
                            tls_handshake_timeout=config.tls_handshake_timeout,
-                           keep_alive=config.keep_alive)
+                           keep_alive=config.keep_alive, backlog=config.backlog)
     await listener.start()
     return listener
 
