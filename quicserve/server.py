@@ -333,10 +333,14 @@ class Server:
             raise
 
     def _is_secure(self, bound: BoundSocket) -> bool:
+        """TLS for ``--bind`` sockets when a certificate is configured; never
+        for ``--insecure-bind``.  TCP sockets are always ordered binds first
+        (here and in the supervisor's hand-over), so position decides; the
+        bind strings cannot, since two ``127.0.0.1:0`` binds look alike."""
         if bound.kind == "udp":
             return True
-        insecure = {str(spec) for spec in self.config.insecure_binds()}
-        return self.config.tls and str(bound.spec) not in insecure
+        tcp = [b for b in self._bound if b.kind == "tcp"]
+        return self.config.tls and tcp.index(bound) < len(self.config.binds())
 
     async def _start_listeners(self, tls: ssl.SSLContext | None,
                                loop: asyncio.AbstractEventLoop) -> None:
@@ -681,7 +685,8 @@ class _Reloader:
 
     async def _spawn(self) -> None:
         self._child = await asyncio.create_subprocess_exec(
-            *self._command, env=self._env, start_new_session=True)
+            *self._command, env=self._env, start_new_session=True,
+            preexec_fn=functools.partial(_die_with_parent, os.getpid()))
 
     async def _stop_child(self, signum: int) -> int:
         child, self._child = self._child, None
@@ -693,6 +698,20 @@ class _Reloader:
         code = await child.wait()
         self._child = None
         return EXIT_OK if code in (0, -signal.SIGTERM, -signal.SIGINT) else code
+
+
+def _die_with_parent(parent: int) -> None:
+    """In the reload child, before exec: SIGTERM when the parent dies (Linux
+    PR_SET_PDEATHSIG), since its own session keeps it from the parent's
+    terminal signals."""
+    import ctypes
+
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return  # not Linux: the child outlives a killed parent
+    if os.getppid() != parent:
+        os._exit(EXIT_FAILURE)
 
 
 async def _reload_loop(command: list[str], dirs: list[str]) -> int:

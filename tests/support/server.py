@@ -132,6 +132,9 @@ async def _echo(scope: Scope, receive: Receive, send: Send) -> None:
 
 
 async def _slow(scope: Scope, receive: Receive, send: Send) -> None:
+    marker = os.environ.get("QS_TEST_SLOW_MARKER")
+    if marker:  # tells a test in another process that the request is in flight
+        Path(marker).write_text("slow request started\n")
     await asyncio.sleep(float(_query(scope).get("s", "1")))
     await _respond(send, 200, b"slow done")
 
