@@ -1,0 +1,1 @@
+"""quicserve QUIC interop endpoint and native interop suite (see run.py)."""
