@@ -415,7 +415,7 @@ class H11Adapter:
         "ctx", "transport", "_conn", "_conn10", "_h2c", "phase", "exchange", "_parser",
         "_max_head", "_high_water", "_secure_alt_svc", "_held", "_unconsumed", "_paused",
         "_pipelined", "_drained", "_preface", "_first", "_upgrade", "_upgrade_body",
-        "shutting_down", "_close_after_write",
+        "shutting_down", "_close_after_write", "_fed",
     )
 
     def __init__(
@@ -441,6 +441,8 @@ class H11Adapter:
         self._max_head = options.h11_max_incomplete_size
         self._high_water = options.stream_high_water
         self._parser = self._new_parser()
+        #: Bytes fed to the current parser (bounds the head size, see _on_request).
+        self._fed = 0
         self._held: bytes | None = None
         self._unconsumed = 0
         self._paused = 0
@@ -476,6 +478,7 @@ class H11Adapter:
                 self._transition_close()
                 return SwitchTo("h2", data=data)
         self._parser.receive_data(data)
+        self._fed += len(data)
         if phase is Phase.IDLE:
             self._transition(_Event.DATA)
         elif phase is Phase.RESPONDING:
@@ -615,6 +618,11 @@ class H11Adapter:
         return None
 
     def _on_request(self, event: h11.Request) -> None:
+        if self._fed > self._max_head and self._head_size() > self._max_head:
+            # h11 checks its limit only while a head is incomplete; a whole
+            # oversized head in one segment is caught here.
+            self._bad_request(431, "request head too large")
+            return
         try:
             request = h1_request(event.method, event.target, list(event.headers),
                                  event.http_version)
@@ -636,6 +644,11 @@ class H11Adapter:
         stream = self.ctx.stream_factory(head, exchange)
         exchange.stream = stream
         stream.start(head, self._conn if event.http_version == b"1.1" else self._conn10)
+
+    def _head_size(self) -> int:
+        """Bytes of the head just parsed: fed to this cycle's parser minus what
+        it still buffers (only computed past the limit: it copies the buffer)."""
+        return self._fed - len(self._parser.trailing_data[0])
 
     def _h2c_body_fits(self, request: H1Request) -> bool:
         if not request.has_body:
@@ -687,6 +700,7 @@ class H11Adapter:
         """Start the next request cycle, with any pipelined bytes h11 buffered."""
         trailing, _closed = self._parser.trailing_data
         self._parser = self._new_parser()
+        self._fed = len(trailing)
         self.exchange = None
         self._held = None
         self._unconsumed = 0

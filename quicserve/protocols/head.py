@@ -285,7 +285,8 @@ def _websocket_key(method: bytes, scan: _H1Scan) -> bytes:
 def _decode_h2_settings(value: bytes) -> bytes:
     """HTTP2-Settings is base64url without padding (RFC 7540 3.2.1)."""
     try:
-        payload = base64.urlsafe_b64decode(value + b"=" * (-len(value) % 4))
+        payload = base64.b64decode(value + b"=" * (-len(value) % 4), altchars=b"-_",
+                                   validate=True)
     except (binascii.Error, ValueError):
         raise ProtocolError("bad HTTP2-Settings") from None
     if len(payload) % 6:
