@@ -624,6 +624,11 @@ class WebSocketStream:
 
     async def _finish(self, code: int) -> None:
         """The app is done: complete the handshake or the closing handshake."""
+        # Nobody reads any more: drop what is queued so that withheld credit
+        # cannot keep the peer's close frame from reaching us.
+        self._inbox.clear()
+        self._unread = 0
+        self._settle_credit(0)
         try:
             await self._settle(code)
         except ClientDisconnected:

@@ -518,3 +518,27 @@ def test_bytes_sent_before_accept_are_held_then_processed() -> None:
         assert [e.data for e in client.events() if isinstance(e, TextMessage)] == ["got early"]
         assert sink.credited == len(early)
     run(main())
+
+
+def test_unread_messages_do_not_block_the_closing_handshake() -> None:
+    """The app returns with messages still queued and credit withheld: the
+    queue is dropped, credit returned, so the peer's close frame gets in."""
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        await asyncio.sleep(0.01)  # never reads
+
+    async def main() -> None:
+        server = Server(app, options(stream_high_water=100))
+        client = await connect(server)
+        frames = [client.ws.send(BytesMessage(data=b"u" * 200)) for _ in range(2)]
+        for frame in frames:
+            client.stream.receive_body(frame, True)
+        assert client.sink.credited < sum(len(f) for f in frames)
+        events = await client.next_events()
+        assert events == [CloseConnection(code=1000, reason="")]
+        assert client.sink.credited == sum(len(f) for f in frames)
+        client.send(events[0].response())
+        await asyncio.wait_for(server.dispatcher.wait_idle(), 1.0)
+        assert client.sink.ended
+    run(main())
