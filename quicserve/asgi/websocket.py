@@ -232,6 +232,7 @@ class WebSocketStream:
         self._owed_credit = 0
         self._early: list[bytes] = []
         self._peer_ended = False
+        self._http1 = False
         self._fragments: list[Any] = []
         self._fragment_size = 0
         self._disconnect: Message | None = None
@@ -258,9 +259,10 @@ class WebSocketStream:
     def start(self, head: RequestHead, conn: ConnectionInfo) -> None:
         self._head = head
         self._conn = conn
+        self._http1 = conn.http_version in ("1.0", "1.1")
         self._started_at = self._ctx.clock()
         self._scope = self._ctx.scopes.websocket(head, conn, self._ctx.state)
-        if self._ctx.options.ws_per_message_deflate and conn.http_version in ("1.0", "1.1"):
+        if self._ctx.options.ws_per_message_deflate and self._http1:
             self._deflate, self._deflate_header = negotiate_deflate(head.headers, self._max_message)
         self._inbox.append(({"type": "websocket.connect"}, 0))
         self._ctx.spawn(self._run(), True)
@@ -270,7 +272,10 @@ class WebSocketStream:
         if state is WebSocketState.CONNECTING or state is WebSocketState.DENYING:
             if data:
                 self._early.append(data)
-            self._peer_ended = self._peer_ended or not more
+            if not more and not self._http1:
+                # On HTTP/1.1 the end before the 101 is only the end of the GET
+                # that asked for the upgrade; on H2/H3 the client half-closed.
+                self._peer_ended = True
             return
         if self._ws is None or state is WebSocketState.CLOSED:
             if data:
@@ -438,7 +443,7 @@ class WebSocketStream:
         if self._deflate is not None:
             headers.append((b"sec-websocket-extensions", self._deflate_header))
         self._ws = Connection(ConnectionType.SERVER, extensions=extensions)
-        self._status = 101 if self._conn is not None and self._conn.http_version.startswith("1") else 200
+        self._status = 101 if self._http1 else 200
         self._sink.send_head(200, headers)
         self._start_keepalive()
         early, self._early = self._early, []

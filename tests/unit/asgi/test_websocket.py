@@ -542,3 +542,35 @@ def test_unread_messages_do_not_block_the_closing_handshake() -> None:
         await asyncio.wait_for(server.dispatcher.wait_idle(), 1.0)
         assert client.sink.ended
     run(main())
+
+
+def test_end_of_the_upgrade_request_does_not_end_an_http1_websocket() -> None:
+    """HTTP/1.1 adapters report the end of the GET that asked for the upgrade;
+    on H2/H3 an end before the accept is the client half-closing."""
+    codes: list[Any] = []
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        codes.append(message.get("code", message.get("text")))
+        if message["type"] == "websocket.receive":
+            await send({"type": "websocket.close"})
+
+    async def main() -> None:
+        server = Server(app, options())
+        stream, sink = server.open(ws_head(), CONN)
+        stream.receive_body(b"", False)
+        await sink.wait_for(lambda: bool(sink.heads))
+        client = Client(stream, sink)
+        client.send(TextMessage(data="still open"))
+        events = await client.next_events()
+        client.send(events[0].response())
+        await server.dispatcher.wait_idle()
+
+        stream, sink = server.open(ws_head(), CONN_H3)
+        stream.receive_body(b"", False)
+        await server.dispatcher.wait_idle()
+
+    run(main())
+    assert codes == ["still open", 1006]
