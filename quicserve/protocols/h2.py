@@ -6,9 +6,9 @@ Theory of operation
 HTTP/2 connection; ``transport/tcp.py`` builds it on ALPN ``h2`` or when the
 HTTP/1.1 adapter returns ``SwitchTo("h2", ...)`` (prior-knowledge h2c: the
 preface onward is in ``switch.data``; ``Upgrade: h2c``: the 101 is already
-written and the upgraded request becomes stream 1).  The bytes in
-``switch.data`` are processed by the constructor; the transport must not feed
-them again.
+written and the upgraded request becomes stream 1).  The constructor writes
+the server preface (and serves stream 1 of an upgrade); the transport then
+feeds ``switch.data`` through ``data_received`` like any later bytes.
 
 Receive path.  ``data_received`` first lets :class:`~.h2_flood.FloodGuard`
 count the frames (rapid reset, control-frame and CONTINUATION floods are
@@ -392,7 +392,10 @@ class H2Adapter:
         status_bytes = _STATUS_BYTES.get(status) or str(status).encode("ascii")
         with map_exceptions(_STREAM_ERRORS):
             self._h2.send_headers(stream.stream_id, [(b":status", status_bytes), *fields])
-        self._flush()
+        if status < 200 or stream.websocket or not _declares_length(fields):
+            self._flush()
+        # else the body follows at once (the app knows its length): the head
+        # leaves with the first DATA frame, in one write.
 
     def write_data(self, stream: H2Stream, data: memoryview, end: bool) -> int:
         """Send as much of ``data`` as the windows allow; END_STREAM with the last byte.
@@ -407,7 +410,7 @@ class H2Adapter:
             if total == 0:
                 if end:
                     conn.send_data(stream_id, b"", end_stream=True)
-                    self._flush()
+                self._flush()
                 return 0
             window = conn.local_flow_control_window(stream_id)
             frame = conn.max_outbound_frame_size
@@ -568,8 +571,6 @@ class H2Adapter:
         if upgrade is not None and switch is not None:
             self._serve_upgrade(upgrade, switch.upgrade_body)
         self._rearm(self._ctx.clock())
-        if switch is not None and switch.data:
-            self.data_received(switch.data)
 
     def _serve_upgrade(self, head: RequestHead, body: bytes) -> None:
         """Stream 1 is the HTTP/1.1 request that asked for h2c (RFC 7540 3.2)."""
@@ -718,6 +719,13 @@ def _goaway_frame(last_stream_id: int, code: ErrorCodes) -> bytes:
     forbid finishing the in-flight streams (RFC 9113 6.8 allows it)."""
     header = (8).to_bytes(3, "big") + bytes((0x7, 0)) + (0).to_bytes(4, "big")
     return header + (last_stream_id & _MAX_WINDOW).to_bytes(4, "big") + int(code).to_bytes(4, "big")
+
+
+def _declares_length(fields: list[tuple[bytes, bytes]]) -> bool:
+    for name, _ in fields:
+        if name == b"content-length":
+            return True
+    return False
 
 
 def _code_name(code: object) -> str:

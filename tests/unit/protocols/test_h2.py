@@ -150,6 +150,29 @@ def test_whole_exchange_one_byte_at_a_time() -> None:
     assert bytes(pair.client.responses[stream_id].data) == b"x" * 100
 
 
+def test_streaming_head_is_written_at_once() -> None:
+    """No Content-Length: the body may be long in coming, so the head goes now."""
+    pair = connect()
+    stream_id = pair.client.request("GET", "/")
+    pair.client.exchange()
+    pair.factory.last.sink.send_head(200, [(b"content-type", b"text/event-stream")])
+    pair.client.exchange()
+    assert pair.client.responses[stream_id].status == 200
+
+
+def test_sized_head_leaves_with_the_first_data_in_one_write() -> None:
+    pair = connect()
+    stream_id = pair.client.request("GET", "/")
+    pair.client.exchange()
+    sink = pair.factory.last.sink
+    sink.send_head(200, [(b"content-length", b"2")])
+    assert pair.link.take() == b"", "held for the body"
+    run_now(sink.send_body(b"ok", True))
+    pair.client.receive(pair.link.take())
+    response = pair.client.responses[stream_id]
+    assert response.status == 200 and bytes(response.data) == b"ok" and response.ended
+
+
 def test_informational_head_then_final() -> None:
     pair = connect()
     stream_id = pair.client.request("GET", "/")
@@ -521,9 +544,11 @@ def test_prior_knowledge_bytes_in_the_switch_are_served() -> None:
     clock = FakeClock()
     link = ByteLink(clock)
     factory = RecordingFactory()
+    switch = SwitchTo("h2", data=client.data_to_send())
     adapter = H2Adapter(ctx=make_context(factory, clock=clock), transport=link, conn=make_conn(),
-                        switch=SwitchTo("h2", data=client.data_to_send()))
+                        switch=switch)
     link.attach(adapter)
+    link.feed(switch.data)  # as transport/tcp.py does after building the adapter
     assert factory.last.head.target == b"/pk" and factory.last.ended
 
 
@@ -540,10 +565,12 @@ def test_upgrade_request_becomes_stream_one() -> None:
     clock = FakeClock()
     link = ByteLink(clock)
     factory = RecordingFactory()
+    switch = SwitchTo("h2", data=client.data_to_send(), upgrade_head=head,
+                      upgrade_settings=decoded, upgrade_body=b"abc")
     adapter = H2Adapter(ctx=make_context(factory, clock=clock), transport=link, conn=make_conn(),
-                        switch=SwitchTo("h2", data=client.data_to_send(), upgrade_head=head,
-                                        upgrade_settings=decoded, upgrade_body=b"abc"))
+                        switch=switch)
     link.attach(adapter)
+    link.feed(switch.data)
     handler = factory.last
     assert handler.head.target == b"/up" and handler.head.protocol is None
     assert bytes(handler.body) == b"abc" and handler.ended
