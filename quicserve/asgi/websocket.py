@@ -21,10 +21,11 @@ Handshake.  The app first receives ``websocket.connect``.  Then:
   offered in every scope) -> that status and body;
 * the app returns or raises before any of these -> ``500``.
 
-permessage-deflate is negotiated here, from the request's
-``Sec-WebSocket-Extensions``, on HTTP/1.x only, and is bounded against
-decompression bombs: inflating stops at ``--ws-max-message-size`` (the limit
-applies to the *inflated* size) and the connection is closed with 1009.
+permessage-deflate is negotiated at ``start`` from the request's
+``Sec-WebSocket-Extensions``, on HTTP/1.x only, by ``asgi/ws_deflate.py``,
+which also bounds it against decompression bombs: inflating stops at
+``--ws-max-message-size`` (the limit applies to the *inflated* size) and the
+connection is closed with 1009.
 
 Once open, the state machine (:class:`WebSocketState`, table ``_TRANSITIONS``)::
 
@@ -65,7 +66,6 @@ from __future__ import annotations
 import asyncio
 import collections
 import enum
-import zlib
 from typing import Any
 
 from wsproto.connection import Connection, ConnectionState, ConnectionType
@@ -78,8 +78,8 @@ from wsproto.events import (
     Pong,
     TextMessage,
 )
-from wsproto.extensions import Extension, PerMessageDeflate
-from wsproto.frame_protocol import CloseReason, FrameDecoder, FrameProtocol
+from wsproto.extensions import Extension
+from wsproto.frame_protocol import CloseReason
 from wsproto.utilities import LocalProtocolError
 
 from .. import log
@@ -88,6 +88,7 @@ from ..interfaces import ConnectionInfo, RequestHead, ResetReason, StreamSink
 from .context import StreamContext
 from .http import response_headers
 from .types import Message, Scope
+from .ws_deflate import negotiate_deflate
 
 #: How long we wait for the peer's close frame after sending ours.
 CLOSE_TIMEOUT = 5.0
@@ -132,70 +133,6 @@ _TRANSITIONS: dict[tuple[WebSocketState, _Event], WebSocketState] = {
     (_W.CLOSING, _Event.PEER_CLOSE): _W.CLOSED,
     (_W.CLOSING, _Event.LOST): _W.CLOSED,
 }
-
-
-class BoundedDeflate(PerMessageDeflate):
-    """permessage-deflate whose inflation stops at the message size limit.
-
-    wsproto inflates each payload chunk in one unbounded ``decompress`` call;
-    a few kilobytes of deflated zeros can become gigabytes.  Here each call is
-    capped at what the current message may still grow by, and exceeding it
-    fails the connection with 1009 (MESSAGE_TOO_BIG).
-    """
-
-    def __init__(self, max_message_size: int) -> None:
-        super().__init__()
-        self._max = max_message_size
-        self._inflated = 0
-
-    def frame_inbound_payload_data(
-        self, proto: FrameDecoder | FrameProtocol, data: bytes
-    ) -> bytes | CloseReason:
-        if not self._inbound_compressed or not self._inbound_is_compressible:
-            return data
-        if self._decompressor is None:
-            return CloseReason.PROTOCOL_ERROR
-        budget = self._max - self._inflated + 1
-        try:
-            out = self._decompressor.decompress(bytes(data), budget)
-        except zlib.error:
-            return CloseReason.INVALID_FRAME_PAYLOAD_DATA
-        self._inflated += len(out)
-        if self._inflated > self._max or self._decompressor.unconsumed_tail:
-            return CloseReason.MESSAGE_TOO_BIG
-        return out
-
-    def frame_inbound_complete(
-        self, proto: FrameDecoder | FrameProtocol, fin: bool
-    ) -> bytes | CloseReason | None:
-        result = super().frame_inbound_complete(proto, fin)
-        if fin:
-            self._inflated = 0
-        return result
-
-
-def negotiate_deflate(headers: Any, max_message_size: int) -> tuple[Extension | None, bytes]:
-    """Accept the client's first acceptable permessage-deflate offer.
-
-    Returns the extension and the ``Sec-WebSocket-Extensions`` response value,
-    or ``(None, b"")``.
-    """
-    for name, value in headers:
-        if name != b"sec-websocket-extensions":
-            continue
-        for offer in value.decode("latin-1").split(","):
-            if offer.split(";", 1)[0].strip().lower() != "permessage-deflate":
-                continue
-            extension = BoundedDeflate(max_message_size)
-            try:
-                accepted = extension.accept(offer.strip())
-            except ValueError:
-                continue
-            if accepted is None:
-                continue
-            response = "permessage-deflate" + (f"; {accepted}" if accepted else "")
-            return extension, response.encode("latin-1")
-    return None, b""
 
 
 class WebSocketStream:

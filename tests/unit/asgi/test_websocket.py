@@ -574,3 +574,19 @@ def test_end_of_the_upgrade_request_does_not_end_an_http1_websocket() -> None:
 
     run(main())
     assert codes == ["still open", 1006]
+
+
+@pytest.mark.parametrize(("offer", "accepted"), [
+    (b"permessage-deflate", b"permessage-deflate"),
+    (b"x-webkit-deflate-frame, permessage-deflate; client_max_window_bits",
+     b"permessage-deflate; client_max_window_bits=15"),
+    (b"permessage-deflate; client_max_window_bits=abc", b""),
+    (b"permessage-deflate; server_max_window_bits=99", b""),
+    (b"permessage-deflate; server_max_window_bits=99, permessage-deflate", b"permessage-deflate"),
+    (b"gzip", b""),
+])
+def test_deflate_offers(offer: bytes, accepted: bytes) -> None:
+    from quicserve.asgi.ws_deflate import negotiate_deflate
+    extension, header = negotiate_deflate([(b"sec-websocket-extensions", offer)], 1024)
+    assert header == accepted
+    assert (extension is None) == (accepted == b"")
