@@ -168,6 +168,11 @@ class H3Adapter:
         #: The lowest request stream ID not seen yet (what GOAWAY names).
         self._next_stream_id = 0
         self._goaway_at: int | None = None
+        #: After GOAWAY: streams (and the control stream) whose last bytes are
+        #: not acknowledged yet.  CONNECTION_CLOSE waits for them, or aioquic
+        #: would drop their tail.
+        self._flushing: set[int] = set()
+        self._closed = False
 
     # -- QuicAdapter ----------------------------------------------------------------
 
@@ -188,17 +193,26 @@ class H3Adapter:
             if not self.must_wait(stream):
                 self.blocked.discard(stream)
                 stream.wake()
+        if self._flushing:
+            buffered = self._session.stream_send_buffered
+            self._flushing = {sid for sid in self._flushing if buffered(sid) > 0}
+            self._close_if_done()
 
     def shutdown(self) -> None:
         if self._goaway_at is not None:
             return
         self._goaway_at = self._next_stream_id
-        self._h3.send_goaway(self._goaway_at)
+        control = self._h3.send_goaway(self._goaway_at)
+        if control is not None:
+            self._flushing.add(control)
+        self._flushing.update(self._streams)
         log.error_logger.debug("HTTP/3 GOAWAY %d sent", self._goaway_at)
         self._close_if_done()
         self._session.mark_dirty()
 
     def connection_lost(self) -> None:
+        self._closed = True
+        self._flushing.clear()
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
             stream.broken = True
@@ -378,6 +392,11 @@ class H3Adapter:
             self._close_if_done()
 
     def _close_if_done(self) -> None:
-        if self._goaway_at is not None and not self._streams:
+        if self._goaway_at is None or self._streams or self._closed:
+            return
+        buffered = self._session.stream_send_buffered
+        self._flushing = {sid for sid in self._flushing if buffered(sid) > 0}
+        if not self._flushing:
+            self._closed = True
             self._quic.close(error_code=ErrorCode.H3_NO_ERROR, reason_phrase="shutdown")
             self._session.mark_dirty()

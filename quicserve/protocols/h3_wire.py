@@ -63,13 +63,15 @@ class ServerH3Connection(H3Connection):
 
     # -- public additions -----------------------------------------------------
 
-    def send_goaway(self, stream_id: int) -> None:
-        """Queue GOAWAY: the peer must not open streams at or above ``stream_id``."""
+    def send_goaway(self, stream_id: int) -> int | None:
+        """Queue GOAWAY: the peer must not open streams at or above
+        ``stream_id``.  Returns the control stream's ID."""
         control = self._local_control_stream_id
         if control is None:
-            return
+            return None
         frame = encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
         self._quic.send_stream_data(control, frame)
+        return control
 
     def buffered(self, stream_id: int) -> int:
         """Bytes of ``stream_id`` received but not yet turned into events."""

@@ -53,7 +53,7 @@ from aioquic.quic.events import (
     ProtocolNegotiated,
     QuicEvent,
 )
-from aioquic.quic.packet import QuicErrorCode
+from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 
 from ..interfaces import Address, ConnectionContext, ConnectionInfo
 from ..log import error_logger
@@ -158,7 +158,7 @@ class QuicSession:
         if self._close_on_first_receive:
             self._close_on_first_receive = False
             self._log.debug("[%s] invalid Retry token: INVALID_TOKEN", self.cid_hex)
-            self._quic.close(error_code=QuicErrorCode.INVALID_TOKEN, reason_phrase="invalid token")
+            self._transport_close(QuicErrorCode.INVALID_TOKEN, "invalid token")
         self._process_events()
         if self._adapter is not None:
             self._adapter.on_send_capacity()
@@ -183,20 +183,28 @@ class QuicSession:
         if self._adapter is not None:
             self._adapter.shutdown()
         else:
-            self._quic.close(error_code=QuicErrorCode.NO_ERROR, reason_phrase="shutdown")
+            self._transport_close(QuicErrorCode.NO_ERROR, "shutdown")
         self._owner.session_dirty(self)
 
     def abort(self) -> None:
         """CONNECTION_CLOSE now; in-flight streams are aborted."""
-        code = H3ErrorCode.H3_NO_ERROR if self._adapter is not None else QuicErrorCode.NO_ERROR
-        self._quic.close(error_code=code, reason_phrase="server shutting down")
         if self._adapter is not None:
+            self._quic.close(error_code=H3ErrorCode.H3_NO_ERROR,
+                             reason_phrase="server shutting down")
             self._adapter.connection_lost()
+        else:
+            self._transport_close(QuicErrorCode.NO_ERROR, "server shutting down")
         self._owner.session_dirty(self)
 
     @property
     def active_streams(self) -> int:
         return self._adapter.active_streams() if self._adapter is not None else 0
+
+    def _transport_close(self, code: int, reason: str) -> None:
+        # A transport-level CONNECTION_CLOSE (0x1c); aioquic sends an
+        # application close (0x1d) when frame_type is None, and replaces the
+        # code by APPLICATION_ERROR during the handshake.
+        self._quic.close(error_code=code, frame_type=QuicFrameType.PADDING, reason_phrase=reason)
 
     # -- QuicSessionHandle ------------------------------------------------------------
 
@@ -249,7 +257,7 @@ class QuicSession:
             factory = _hq_factory()
         if factory is None:
             self._log.debug("[%s] no adapter for ALPN %r", self.cid_hex, alpn)
-            self._quic.close(error_code=QuicErrorCode.INTERNAL_ERROR, reason_phrase="no ALPN")
+            self._transport_close(QuicErrorCode.INTERNAL_ERROR, "no adapter for ALPN")
             return
         self._adapter = factory(ctx=self._ctx, quic=self._quic, session=self)
         self._log.debug("[%s] ALPN %s", self.cid_hex, alpn)

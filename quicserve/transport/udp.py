@@ -114,9 +114,19 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         elif isinstance(action, Create):
             self._create(action, data, addr, now)
         elif isinstance(action, Reply):
-            self._send([(action.data, addr)])
+            self._reply(action, addr)
         elif isinstance(action, Drop):
             self._stats.datagrams_dropped += 1
+
+    def _reply(self, action: Reply, addr: NetworkAddress) -> None:
+        stats = self._stats
+        if action.kind == "retry":
+            stats.retries += 1
+        elif action.kind == "stateless_reset":
+            stats.stateless_resets += 1
+        else:
+            stats.version_negotiations += 1
+        self._send([(action.data, addr)])
 
     def _create(self, action: Create, data: bytes, addr: NetworkAddress, now: float) -> None:
         session = self._factory.create(action, owner=self)
@@ -264,6 +274,37 @@ async def open_udp_endpoint(
     loop = asyncio.get_running_loop()
     keylog_path = os.environ.get("SSLKEYLOGFILE")
     keylog = open_keylog(keylog_path) if keylog_path else None
+    sockname = sock.getsockname()
+    try:
+        endpoint = build_endpoint(loop=loop, ctx=ctx, config=config, secrets=secrets,
+                                  server=(sockname[0], sockname[1]), keylog=keylog,
+                                  worker_id=worker_id, worker_count=worker_count)
+    except BaseException:
+        if keylog is not None:
+            keylog.close()
+        raise
+    sock.setblocking(False)
+    await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+    return endpoint
+
+
+def build_endpoint(
+    *,
+    loop: asyncio.AbstractEventLoop,
+    ctx: ConnectionContext,
+    config: Config,
+    secrets: QuicSecrets,
+    server: tuple[str, int] | None,
+    keylog: IO[str] | None = None,
+    worker_id: int = 0,
+    worker_count: int = 1,
+) -> UdpEndpoint:
+    """Wire an endpoint (router, session factory) without a socket yet.
+
+    ``loop`` needs only ``time``, ``call_soon`` and ``call_at``, so tests run
+    the real endpoint on fake time; the transport arrives with
+    ``connection_made``.
+    """
     settings = quic_settings(config, keylog=keylog)
     issuer = CidIssuer(worker_id=worker_id, worker_count=worker_count,
                        length=settings.configuration.connection_id_length)
@@ -276,11 +317,6 @@ async def open_udp_endpoint(
         reset_rate=config.quic_stateless_reset_rate,
         max_sessions=settings.max_connections,
     )
-    sockname = sock.getsockname()
     factory = SessionFactory(ctx=ctx, settings=settings, issuer=issuer, reset_keys=reset_keys,
-                             tickets=SessionTicketStore(secrets.ticket_key),
-                             server=(sockname[0], sockname[1]))
-    endpoint = UdpEndpoint(loop=loop, router=router, factory=factory, ctx=ctx, keylog=keylog)
-    sock.setblocking(False)
-    await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
-    return endpoint
+                             tickets=SessionTicketStore(secrets.ticket_key), server=server)
+    return UdpEndpoint(loop=loop, router=router, factory=factory, ctx=ctx, keylog=keylog)
