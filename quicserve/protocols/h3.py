@@ -318,7 +318,7 @@ class H3Adapter:
 
     def return_credit(self, stream: RequestStream, n: int) -> None:
         """The app consumed ``n`` body bytes of ``stream``: reopen the window."""
-        if stream.receiving and n > 0:
+        if n > 0:
             self._session.return_credit(stream.stream_id, n)
             self._session.mark_dirty()
 

@@ -1,0 +1,555 @@
+"""H3Adapter against aioquic's own HTTP/3 client, over a fake QUIC layer.
+
+The client is aioquic's real ``H3Connection``; the server is quicserve's
+``H3Adapter`` with the real ASGI dispatcher and test apps.  Between them sits
+:class:`FakeQuic` (aioquic's ``FakeQuicConnection`` idea): it records what each
+side writes per stream, so a test can deliver it in any chunking -- one byte at
+a time -- and decide when sent bytes count as acknowledged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from typing import Any, Callable, Coroutine
+
+import pytest
+import wsproto
+import wsproto.events
+from aioquic.buffer import Buffer, encode_uint_var
+from aioquic.h3.connection import ErrorCode, FrameType, H3Connection, H3Stream, HeadersState
+from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
+from aioquic.quic.configuration import QuicConfiguration
+from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceived, StreamReset
+
+from quicserve.config import Config
+from quicserve.interfaces import ConnectionInfo
+from quicserve.protocols import h3_wire
+from quicserve.protocols.h3 import H3Adapter
+from tests.support import apps
+from tests.support.quic_peers import Response, make_context
+
+
+def run(coro: Coroutine[Any, Any, None], timeout: float = 20.0) -> None:
+    asyncio.run(asyncio.wait_for(coro, timeout))
+
+
+class FakeQuic:
+    """The slice of ``QuicConnection`` H3Connection and H3Adapter use.
+
+    Writes become ``StreamDataReceived`` events for the peer; ``unacked``
+    counts bytes written per stream until :meth:`ack` is called.
+    """
+
+    def __init__(self, *, is_client: bool) -> None:
+        self.configuration = QuicConfiguration(is_client=is_client)
+        self._quic_logger = None
+        self._remote_max_datagram_frame_size = None
+        self._next_bidi = 0 if is_client else 1
+        self._next_uni = 2 if is_client else 3
+        self.outbox: list[QuicEvent] = []
+        #: Every event ever written, for inspecting the wire afterwards.
+        self.log: list[QuicEvent] = []
+        self.unacked: dict[int, int] = {}
+        self.written: dict[int, int] = {}
+        self.resets: dict[int, int] = {}
+        self.stops: dict[int, int] = {}
+        self.closed: tuple[int, str] | None = None
+
+    def get_next_available_stream_id(self, is_unidirectional: bool = False) -> int:
+        if is_unidirectional:
+            stream_id, self._next_uni = self._next_uni, self._next_uni + 4
+        else:
+            stream_id, self._next_bidi = self._next_bidi, self._next_bidi + 4
+        return stream_id
+
+    def send_stream_data(self, stream_id: int, data: bytes, end_stream: bool = False) -> None:
+        if stream_id in self.resets:
+            raise ValueError("Cannot send data on a finished stream")
+        event = StreamDataReceived(data=bytes(data), end_stream=end_stream, stream_id=stream_id)
+        self.outbox.append(event)
+        self.log.append(event)
+        self.unacked[stream_id] = self.unacked.get(stream_id, 0) + len(data)
+        self.written[stream_id] = self.written.get(stream_id, 0) + len(data)
+
+    def reset_stream(self, stream_id: int, error_code: int) -> None:
+        if stream_id not in self.resets:
+            self.resets[stream_id] = error_code
+            self.outbox.append(StreamReset(error_code=error_code, stream_id=stream_id))
+
+    def stop_stream(self, stream_id: int, error_code: int) -> None:
+        self.stops.setdefault(stream_id, error_code)
+
+    def close(self, error_code: int = 0, frame_type: int | None = None,
+              reason_phrase: str = "") -> None:
+        if self.closed is None:
+            self.closed = (error_code, reason_phrase)
+
+    def ack(self) -> None:
+        self.unacked.clear()
+
+    def take(self) -> list[QuicEvent]:
+        events, self.outbox = self.outbox, []
+        return events
+
+
+class FakeSession:
+    """A QuicSessionHandle that records what the adapter asks for."""
+
+    def __init__(self, quic: FakeQuic) -> None:
+        self.quic = quic
+        self.dirty = 0
+        self.early = False
+        self.withheld: dict[int, int] = {}
+
+    def mark_dirty(self) -> None:
+        self.dirty += 1
+
+    def connection_info(self, *, early_data: bool = False) -> ConnectionInfo:
+        return ConnectionInfo(http_version="3", protocol="HTTP/3", scheme="https",
+                              client=("::1", 50000), server=("::1", 443), secure=True,
+                              connection_id="00", extensions=("http.response.trailers",))
+
+    def withhold_credit(self, stream_id: int, n: int) -> None:
+        self.withheld[stream_id] = self.withheld.get(stream_id, 0) + n
+
+    def return_credit(self, stream_id: int, n: int) -> None:
+        self.withheld[stream_id] -= n
+
+    def stream_send_buffered(self, stream_id: int) -> int:
+        return self.quic.unacked.get(stream_id, 0)
+
+    def in_early_data(self) -> bool:
+        return self.early
+
+
+class Pair:
+    """aioquic's H3 client and quicserve's H3Adapter, wired through FakeQuic."""
+
+    def __init__(self, app: Any, *, chunk: int | None = None, **options: Any) -> None:
+        self.config = Config(**options)
+        self.ctx, self.dispatcher = make_context(self.config, app, clock=lambda: 0.0)
+        self.client_quic = FakeQuic(is_client=True)
+        self.client = H3Connection(self.client_quic)  # type: ignore[arg-type]
+        self.server_quic = FakeQuic(is_client=False)
+        self.session = FakeSession(self.server_quic)
+        self.adapter = H3Adapter(ctx=self.ctx, quic=self.server_quic,  # type: ignore[arg-type]
+                                 session=self.session)
+        #: Deliver client bytes in pieces of this size (None: as written).
+        self.chunk = chunk
+        self.responses: dict[int, Response] = {}
+
+    def to_server(self) -> bool:
+        events = self.client_quic.take()
+        for event in events:
+            for piece in self._split(event):
+                self.adapter.handle_event(piece)
+        return bool(events)
+
+    def _split(self, event: QuicEvent) -> list[QuicEvent]:
+        if self.chunk is None or not isinstance(event, StreamDataReceived) or not event.data:
+            return [event]
+        data, n = event.data, self.chunk
+        pieces: list[QuicEvent] = [
+            StreamDataReceived(data=data[i:i + n], end_stream=False, stream_id=event.stream_id)
+            for i in range(0, len(data), n)]
+        if event.end_stream:
+            pieces.append(StreamDataReceived(data=b"", end_stream=True, stream_id=event.stream_id))
+        return pieces
+
+    def to_client(self) -> bool:
+        events = self.server_quic.take()
+        for event in events:
+            if isinstance(event, StreamReset) and event.stream_id % 4 == 0:
+                self.responses.setdefault(event.stream_id, Response()).reset_code = event.error_code
+            for http_event in self.client.handle_event(event):
+                self._record(http_event)
+        return bool(events)
+
+    def _record(self, event: H3Event) -> None:
+        if isinstance(event, HeadersReceived):
+            response = self.responses.setdefault(event.stream_id, Response())
+            if response.headers:
+                response.trailers = list(event.headers)
+            else:
+                response.headers = list(event.headers)
+            response.ended = response.ended or event.stream_ended
+        elif isinstance(event, DataReceived):
+            response = self.responses.setdefault(event.stream_id, Response())
+            response.body += event.data
+            response.ended = response.ended or event.stream_ended
+
+    async def pump(self, until: Callable[[], bool], *, ack: bool = True, rounds: int = 3000) -> None:
+        for _ in range(rounds):
+            self.to_server()
+            await asyncio.sleep(0)
+            self.to_client()
+            if ack:
+                self.server_quic.ack()
+                self.adapter.on_send_capacity()
+            if until():
+                return
+        raise AssertionError(f"never reached the expected state: {self.responses}")
+
+    def request(self, method: str = "GET", path: str = "/", *, body: bytes | None = None,
+                headers: list[tuple[bytes, bytes]] | None = None, end: bool = True) -> int:
+        stream_id = self.client_quic.get_next_available_stream_id()
+        fields = headers if headers is not None else [
+            (b":method", method.encode()), (b":scheme", b"https"),
+            (b":authority", b"localhost"), (b":path", path.encode())]
+        self.client.send_headers(stream_id, fields, end_stream=end and body is None)
+        if body is not None:
+            self.client.send_data(stream_id, body, end_stream=end)
+        self.responses[stream_id] = Response()
+        return stream_id
+
+    def done(self, stream_id: int) -> Callable[[], bool]:
+        return lambda: self.responses[stream_id].done
+
+
+def status(response: Response) -> int | None:
+    return response.status
+
+
+# --------------------------------------------------------------------------
+# Requests, byte by byte
+
+
+def test_get_delivered_one_byte_at_a_time() -> None:
+    async def main() -> None:
+        pair = Pair(apps.hello, chunk=1)
+        stream_id = pair.request("GET", "/")
+        await pair.pump(pair.done(stream_id))
+        response = pair.responses[stream_id]
+        assert status(response) == 200 and bytes(response.body) == b"hello"
+        assert response.header(b"server") == b"quicserve"
+        assert pair.adapter.active_streams() == 0
+    run(main())
+
+
+def test_post_body_delivered_one_byte_at_a_time() -> None:
+    body = os.urandom(3000)
+
+    async def main() -> None:
+        pair = Pair(apps.echo, chunk=1)
+        stream_id = pair.request("POST", "/", body=body)
+        await pair.pump(pair.done(stream_id))
+        assert bytes(pair.responses[stream_id].body) == body
+        assert pair.session.withheld[stream_id] == 0, "every body byte read is credited back"
+    run(main())
+
+
+def test_body_credit_is_withheld_until_the_app_reads() -> None:
+    gate = asyncio.Event()
+    body = b"q" * 50000
+
+    async def main() -> None:
+        pair = Pair(apps.slow_reader(gate))
+        stream_id = pair.request("POST", "/", body=body)
+        for _ in range(20):
+            pair.to_server()
+            await asyncio.sleep(0)
+        assert pair.session.withheld[stream_id] == len(body)
+        gate.set()
+        await pair.pump(pair.done(stream_id))
+        assert bytes(pair.responses[stream_id].body) == body
+        assert pair.session.withheld[stream_id] == 0
+    run(main())
+
+
+def test_partial_headers_frame_stays_charged_to_the_stream() -> None:
+    """Bytes of a HEADERS frame that is not complete yet sit in memory: they
+    are withheld from the stream window until the frame is parsed."""
+    async def main() -> None:
+        pair = Pair(apps.hello, chunk=1)
+        stream_id = pair.request("GET", "/")
+        events = pair.client_quic.take()
+        request = next(e for e in events if isinstance(e, StreamDataReceived) and e.stream_id == 0)
+        for event in events:
+            if event is not request:
+                pair.adapter.handle_event(event)
+        half = len(request.data) // 2
+        pair.adapter.handle_event(StreamDataReceived(data=request.data[:half], end_stream=False,
+                                                     stream_id=0))
+        parsed_frame_header = 2
+        assert pair.session.withheld[0] == half - parsed_frame_header
+        pair.adapter.handle_event(StreamDataReceived(data=request.data[half:], end_stream=True,
+                                                     stream_id=0))
+        assert pair.session.withheld[0] == 0
+        await pair.pump(pair.done(stream_id))
+        assert status(pair.responses[stream_id]) == 200
+    run(main())
+
+
+def test_trailers() -> None:
+    async def main() -> None:
+        pair = Pair(apps.trailers_app([(b"x-checksum", b"abc")]))
+        stream_id = pair.request("GET", "/", headers=[
+            (b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+            (b":path", b"/"), (b"te", b"trailers")])
+        await pair.pump(pair.done(stream_id))
+        response = pair.responses[stream_id]
+        assert bytes(response.body) == b"data"
+        assert response.trailers == [(b"x-checksum", b"abc")]
+    run(main())
+
+
+def test_request_in_early_data_is_flagged_and_unsafe_methods_get_425() -> None:
+    async def main() -> None:
+        pair = Pair(apps.echo)
+        pair.session.early = True
+        unsafe = pair.request("POST", "/", body=b"x")
+        safe = pair.request("GET", "/")
+        await pair.pump(lambda: pair.responses[unsafe].done and pair.responses[safe].done)
+        assert status(pair.responses[unsafe]) == 425
+        assert status(pair.responses[safe]) == 200
+    run(main())
+
+
+# --------------------------------------------------------------------------
+# Malformed requests: that stream only
+
+
+BASE = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+        (b":path", b"/")]
+
+MALFORMED = {
+    # rejected by aioquic's H3 layer (made a stream error by h3_wire)
+    "uppercase name": BASE + [(b"X-Upper", b"1")],
+    "connection header": BASE + [(b"connection", b"close")],
+    "pseudo after regular": [(b":method", b"GET"), (b"x-a", b"1"), (b":path", b"/"),
+                             (b":scheme", b"https"), (b":authority", b"localhost")],
+    "missing method": BASE[1:],
+    # rejected by protocols/head.py
+    "protocol without CONNECT": BASE + [(b":protocol", b"websocket")],
+    "missing path": BASE[:3],
+    "plain CONNECT": [(b":method", b"CONNECT"), (b":authority", b"example.com:443")],
+}
+
+
+@pytest.mark.parametrize("name", sorted(MALFORMED))
+def test_malformed_head_resets_only_that_stream(name: str) -> None:
+    async def main() -> None:
+        pair = Pair(apps.echo, chunk=7)
+        bad = pair.request(headers=MALFORMED[name], body=b"ignored")
+        good = pair.request("POST", "/", body=b"fine")
+        await pair.pump(lambda: pair.responses[bad].done and pair.responses[good].done)
+        assert pair.server_quic.resets[bad] == ErrorCode.H3_MESSAGE_ERROR
+        assert pair.server_quic.stops[bad] == ErrorCode.H3_MESSAGE_ERROR
+        assert pair.responses[bad].headers == []
+        assert status(pair.responses[good]) == 200
+        assert bytes(pair.responses[good].body) == b"fine"
+        assert pair.server_quic.closed is None, "a malformed request is a stream error only"
+        assert pair.ctx.stats.requests == 1
+    run(main())
+
+
+def test_content_length_mismatch_resets_only_that_stream() -> None:
+    async def main() -> None:
+        pair = Pair(apps.echo)
+        bad = pair.request(headers=[
+            (b":method", b"POST"), (b":scheme", b"https"), (b":authority", b"localhost"),
+            (b":path", b"/"), (b"content-length", b"10")], body=b"short")
+        good = pair.request("POST", "/", body=b"fine")
+        await pair.pump(lambda: pair.responses[bad].done and pair.responses[good].done)
+        assert pair.server_quic.resets[bad] == ErrorCode.H3_MESSAGE_ERROR
+        assert bytes(pair.responses[good].body) == b"fine"
+        assert pair.server_quic.closed is None
+    run(main())
+
+
+def test_bytes_after_a_malformed_head_are_dropped_unparsed() -> None:
+    async def main() -> None:
+        pair = Pair(apps.echo)
+        bad = pair.request(headers=MALFORMED["uppercase name"], end=False)
+        pair.to_server()
+        # Garbage that would be a connection error if it were parsed as frames.
+        pair.adapter.handle_event(StreamDataReceived(data=b"\x04\x01\x00", end_stream=True,
+                                                     stream_id=bad))
+        good = pair.request("GET", "/")
+        await pair.pump(pair.done(good))
+        assert pair.server_quic.closed is None
+        assert status(pair.responses[good]) == 200
+    run(main())
+
+
+# --------------------------------------------------------------------------
+# Backpressure
+
+
+def test_send_body_waits_while_the_stream_is_above_the_high_water_mark() -> None:
+    size = 1024 * 1024
+    high_water = 64 * 1024
+
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"z" * size})
+
+    async def main() -> None:
+        pair = Pair(app, stream_high_water=high_water)
+        stream_id = pair.request("GET", "/")
+        for _ in range(50):  # nothing is ever acknowledged
+            pair.to_server()
+            await asyncio.sleep(0)
+        written = pair.server_quic.written[stream_id]
+        assert written <= high_water + 1024, "a whole response must never be buffered"
+        assert written >= high_water
+        # Acknowledge, one round at a time: the response keeps moving.
+        await pair.pump(pair.done(stream_id), ack=True)
+        assert len(pair.responses[stream_id].body) == size
+    run(main())
+
+
+# --------------------------------------------------------------------------
+# Resets and disconnects
+
+
+def test_client_reset_tells_the_app_and_resets_our_side() -> None:
+    seen: list[str] = []
+
+    async def main() -> None:
+        pair = Pair(apps.wait_for_disconnect(seen))
+        stream_id = pair.request("POST", "/", body=b"partial", end=False)
+        await pair.pump(lambda: seen == ["http.request"])
+        pair.adapter.handle_event(StreamReset(error_code=ErrorCode.H3_REQUEST_CANCELLED,
+                                              stream_id=stream_id))
+        await pair.pump(lambda: pair.ctx.stats.app_tasks == 0)
+        assert seen == ["http.request", "http.disconnect"]
+        assert pair.server_quic.resets[stream_id] == ErrorCode.H3_REQUEST_CANCELLED
+        assert pair.adapter.active_streams() == 0
+    run(main())
+
+
+def test_stop_sending_aborts_a_streaming_response() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        while True:
+            await send({"type": "http.response.body", "body": b"x" * 1000, "more_body": True})
+
+    async def main() -> None:
+        pair = Pair(app)
+        stream_id = pair.request("GET", "/")
+        await pair.pump(lambda: len(pair.responses[stream_id].body) > 5000)
+        pair.adapter.handle_event(StopSendingReceived(error_code=ErrorCode.H3_REQUEST_CANCELLED,
+                                                      stream_id=stream_id))
+        await pair.pump(lambda: pair.ctx.stats.app_tasks == 0)
+        assert pair.adapter.active_streams() == 0
+    run(main())
+
+
+def test_connection_lost_wakes_blocked_senders() -> None:
+    async def app(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"z" * 500000})
+
+    async def main() -> None:
+        pair = Pair(app, stream_high_water=16384)
+        pair.request("GET", "/")
+        for _ in range(20):
+            pair.to_server()
+            await asyncio.sleep(0)
+        assert pair.ctx.stats.app_tasks == 1
+        pair.adapter.connection_lost()
+        for _ in range(20):
+            await asyncio.sleep(0)
+        assert pair.ctx.stats.app_tasks == 0
+    run(main())
+
+
+# --------------------------------------------------------------------------
+# GOAWAY
+
+
+def control_frames(events: list[QuicEvent], control: int = 3) -> list[tuple[int, bytes]]:
+    data = b"".join(e.data for e in events
+                    if isinstance(e, StreamDataReceived) and e.stream_id == control)
+    buf = Buffer(data=data)
+    buf.pull_uint_var()
+    frames = []
+    while not buf.eof():
+        frame_type, length = buf.pull_uint_var(), buf.pull_uint_var()
+        frames.append((frame_type, buf.pull_bytes(length)))
+    return frames
+
+
+def test_shutdown_sends_goaway_naming_the_next_stream_then_closes_when_idle() -> None:
+    gate = asyncio.Event()
+
+    async def main() -> None:
+        pair = Pair(apps.slow_reader(gate))
+        first = pair.request("POST", "/", body=b"a")
+        second = pair.request("POST", "/", body=b"b")
+        await pair.pump(lambda: pair.ctx.stats.app_tasks == 2)
+        pair.adapter.shutdown()
+        pair.adapter.shutdown()  # idempotent
+        goaways = [f for f in control_frames(pair.server_quic.log) if f[0] == FrameType.GOAWAY]
+        assert goaways == [(FrameType.GOAWAY, encode_uint_var(8))]
+        late = pair.request("GET", "/")
+        await pair.pump(pair.done(late), ack=False)
+        assert pair.server_quic.resets[late] == ErrorCode.H3_REQUEST_REJECTED
+        assert pair.server_quic.closed is None
+        gate.set()
+        await pair.pump(lambda: pair.responses[first].done and pair.responses[second].done,
+                        ack=False)
+        assert pair.server_quic.closed is None, "close waits until the tail is acknowledged"
+        pair.server_quic.ack()
+        pair.adapter.on_send_capacity()
+        assert pair.server_quic.closed == (ErrorCode.H3_NO_ERROR, "shutdown")
+    run(main())
+
+
+def test_shutdown_of_an_idle_connection_closes_once_goaway_is_acknowledged() -> None:
+    async def main() -> None:
+        pair = Pair(apps.hello)
+        pair.adapter.shutdown()
+        assert pair.server_quic.closed is None
+        pair.server_quic.ack()
+        pair.adapter.on_send_capacity()
+        assert pair.server_quic.closed == (ErrorCode.H3_NO_ERROR, "shutdown")
+    run(main())
+
+
+# --------------------------------------------------------------------------
+# WebSocket over HTTP/3 (RFC 9220)
+
+
+def test_websocket_over_extended_connect() -> None:
+    async def main() -> None:
+        pair = Pair(apps.websocket_echo, ws_ping_interval=0)
+        stream_id = pair.request(headers=[
+            (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", b"https"),
+            (b":authority", b"localhost"), (b":path", b"/ws"),
+            (b"sec-websocket-version", b"13")], end=False)
+        await pair.pump(lambda: bool(pair.responses[stream_id].headers))
+        assert status(pair.responses[stream_id]) == 200
+        ws = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
+        pair.client.send_data(stream_id, ws.send(wsproto.events.TextMessage("hi over h3")),
+                              end_stream=False)
+        texts: list[str] = []
+
+        def got_echo() -> bool:
+            body = bytes(pair.responses[stream_id].body)
+            pair.responses[stream_id].body.clear()
+            ws.receive_data(body)
+            texts.extend(e.data for e in ws.events() if isinstance(e, wsproto.events.TextMessage))
+            return bool(texts)
+
+        await pair.pump(got_echo)
+        assert texts == ["hi over h3"]
+    run(main())
+
+
+# --------------------------------------------------------------------------
+# The aioquic internals h3_wire relies on
+
+
+def test_aioquic_h3_internals_used_by_h3_wire_are_present() -> None:
+    """Fails loudly, naming the attribute, when aioquic moves one."""
+    for name in ("_handle_request_or_push_frame", "_handle_request_or_push_end", "_stream",
+                 "_local_control_stream_id", "_is_client", "_quic"):
+        assert hasattr(H3Connection(FakeQuic(is_client=False)), name) or hasattr(H3Connection, name), name  # type: ignore[arg-type]
+    stream = H3Stream(0)
+    for name in ("buffer", "headers_recv_state", "expected_content_length", "sending_ended"):
+        assert hasattr(stream, name), f"H3Stream.{name}"
+    assert HeadersState.INITIAL != HeadersState.AFTER_HEADERS
+    assert h3_wire.MessageError.__mro__[1].__name__ == "ProtocolError"
