@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -356,11 +357,11 @@ def quic_workers(tmp_path_factory: pytest.TempPathFactory, certs) -> Iterator[Qu
     stop(server)
 
 
-def client(port: int, path: str, out: Path, *extra: str,
-           requests: int = 1) -> subprocess.Popen[bytes]:
+def client(port: int, path: str, out: Path, *extra: str, requests: int = 1,
+           exit_when_done: bool = True) -> subprocess.Popen[bytes]:
     """A gtlsclient process writing its debug output to ``out``."""
-    argv = [GTLSCLIENT, "--no-quic-dump", "--no-http-dump", "--exit-on-all-streams-close",
-            "--timeout=20s", "-n", str(requests), *extra, "127.0.0.1", str(port),
+    argv = [GTLSCLIENT, "--no-quic-dump", "--no-http-dump",
+            *(["--exit-on-all-streams-close"] if exit_when_done else []), "--timeout=20s", "-n", str(requests), *extra, "127.0.0.1", str(port),
             f"https://127.0.0.1:{port}{path}"]
     with open(out, "wb") as fh:
         return subprocess.Popen(argv, stdout=fh, stderr=subprocess.STDOUT)
@@ -475,6 +476,38 @@ def test_killed_worker_restarts_and_its_clients_get_a_stateless_reset(
         after = finish(client(server.udp_port, "/health", tmp_path / "c.out", f"--dcid={PIN[1]}"),
                        tmp_path / "c.out")
         assert ":status: 200]" in after
+    finally:
+        stop(server)
+
+
+@needs_gtlsclient
+def test_sighup_drains_a_worker_with_goaway_and_close(tmp_path: Path, certs) -> None:  # type: ignore[no-untyped-def]
+    """A download in flight on worker 0 when SIGHUP arrives finishes intact,
+    and then the connection is closed with H3_NO_ERROR, never left silent;
+    both workers are replaced one after the other."""
+    server = start_quicserve(tmp_path, certs, "--graceful-timeout", "30")
+    try:
+        pids = server.worker_pids()
+        downloads = tmp_path / "dl"
+        downloads.mkdir()
+        path = "/stream?n=40&size=65536"
+        # The client stays until the server closes (or its 20 s idle timeout).
+        proc = client(server.udp_port, path, tmp_path / "c.out", f"--dcid={PIN[0]}",
+                      f"--download={downloads}", exit_when_done=False)
+        _wait_until(lambda: ":status: 200]" in (tmp_path / "c.out").read_text(errors="replace"))
+        server.proc.send_signal(signal.SIGHUP)
+        hup_at = time.monotonic()
+        text = finish(proc, tmp_path / "c.out")
+        assert time.monotonic() - hup_at < 15
+        body = (downloads / path[1:]).read_bytes()
+        assert len(body) == 40 * 65536 and body.count(b"x") == len(body)
+        # GOAWAY: a second frame on the server's control stream (after SETTINGS) ...
+        assert re.search(r"frm rx \d+ 1RTT STREAM\(0x0e\) id=0x3 fin=0 offset=[1-9]", text)
+        # ... and the server's CONNECTION_CLOSE with H3_NO_ERROR once the stream ended.
+        assert re.search(r"frm rx \d+ 1RTT CONNECTION_CLOSE\(0x1d\) error_code=\(unknown\)"
+                         r"\(0x100\)", text)
+        server.wait_for_log("all workers restarted", timeout=30)
+        assert set(server.worker_pids().values()).isdisjoint(pids.values())
     finally:
         stop(server)
 
