@@ -65,7 +65,7 @@ import base64
 import dataclasses
 import enum
 import hashlib
-from typing import Callable, cast
+from typing import cast
 
 import h11
 
@@ -171,6 +171,8 @@ _PAUSE_CREDIT = 1
 _PAUSE_PIPELINE = 2
 
 
+#: Response fields whose meaning is the framing: the writer decides them.
+_FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _STATUS_LINES: dict[int, bytes] = {}
 
 
@@ -299,12 +301,18 @@ class H11Exchange:
             if self._expect_continue:
                 self._expect_continue = False
                 self._adapter.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")
+                self._adapter.continue_sent()
             return
         if status == 101 or self.request.http_version != b"1.1":
             return  # 101 is the adapter's to send; HTTP/1.0 clients take no 1xx
         fields = response_headers(status, headers, self._adapter.ctx.response_defaults,
                                   now=0.0, alt_svc=False)
         self._adapter.transport.write(self._serialize(status, fields))
+
+    @property
+    def awaiting_continue(self) -> bool:
+        """The client waits for 100 Continue before it sends the body."""
+        return self._expect_continue
 
     def body_started(self) -> None:
         """Body bytes arrived: the client no longer waits for 100 Continue."""
@@ -316,28 +324,30 @@ class H11Exchange:
         fields = response_headers(status, headers, ctx.response_defaults,
                                   now=ctx.clock(), alt_svc=adapter.secure)
         content_length: bytes | None = None
-        parts = [_status_line(status)]
-        append = parts.append
-        for name, value in fields:
-            if name == b"content-length":
-                content_length = value
-                continue
-            if name == b"transfer-encoding":
-                continue  # the framing is ours to choose
-            if name == b"connection" and b"close" in value.lower():
-                self.keep_alive = False
-            append(b"%s: %s\r\n" % (name, value))
-        self._choose_framing(status, content_length, append)
+        lines: list[bytes] = []
+        for pair in fields:
+            name = pair[0]
+            if name in _FRAMING_FIELDS:
+                if name == b"content-length":
+                    content_length = pair[1]
+                    continue
+                if name == b"transfer-encoding":
+                    continue  # the framing is ours to choose
+                if b"close" in pair[1].lower():  # connection
+                    self.keep_alive = False
+            lines.append(b": ".join(pair))
+        self._choose_framing(status, content_length, lines)
         if self._expect_continue or adapter.shutting_down:
             # The client may never send the body it announced: no reuse.
             self.keep_alive = False
         if not self.keep_alive:
-            append(b"connection: close\r\n")
-        append(b"\r\n")
-        return b"".join(parts)
+            lines.append(b"connection: close")
+        if not lines:
+            return _status_line(status) + b"\r\n"
+        return b"%s%s\r\n\r\n" % (_status_line(status), b"\r\n".join(lines))
 
     def _choose_framing(self, status: int, content_length: bytes | None,
-                        append: Callable[[bytes], None]) -> None:
+                        lines: list[bytes]) -> None:
         """RFC 9112 6.3: decide how the body is delimited; emit its header."""
         if status == 204 or status == 304:
             self._no_body = True
@@ -346,13 +356,13 @@ class H11Exchange:
                 raise ProtocolError(f"bad response Content-Length {content_length[:32]!r}",
                                     status=500)
             if status != 204:
-                append(b"content-length: %s\r\n" % content_length)
+                lines.append(b"content-length: " + content_length)
             self._remaining = int(content_length)
         elif self._no_body:
             pass
         elif self.request.http_version == b"1.1":
             self._chunked = True
-            append(b"transfer-encoding: chunked\r\n")
+            lines.append(b"transfer-encoding: chunked")
         else:
             self.keep_alive = False  # HTTP/1.0: the close delimits the body
 
@@ -516,7 +526,12 @@ class H11Adapter:
         if self._paused & _PAUSE_CREDIT and self._unconsumed <= self._high_water:
             self._resume(_PAUSE_CREDIT)
             if self.phase is Phase.BODY:
-                self.transport.set_timeout(self.ctx.options.read_timeout)
+                self._arm_body_timer()
+
+    def continue_sent(self) -> None:
+        """100 Continue went out: the body is due now, within read_timeout."""
+        if self.phase is Phase.BODY:
+            self._arm_body_timer()
 
     def response_done(self, exchange: H11Exchange) -> None:
         """The exchange's response is complete: next cycle, drain, or close."""
@@ -588,10 +603,10 @@ class H11Adapter:
 
     def _process(self) -> SwitchTo | None:
         """Run h11's events until it needs data or pauses."""
-        parser = self._parser
         while self.phase is not Phase.CLOSED:
             try:
-                event = parser.next_event()
+                # Re-read each turn: an exchange ending in here starts a new parser.
+                event = self._parser.next_event()
             except h11.RemoteProtocolError as exc:
                 self._bad_request(exc.error_status_hint, str(exc))
                 return None
@@ -613,9 +628,18 @@ class H11Adapter:
         if held is not None:
             self._held = None
             self._deliver(held, True)
-        if self.phase is Phase.BODY and not self._paused & _PAUSE_CREDIT:
-            self.transport.set_timeout(self.ctx.options.read_timeout)
+        if self.phase is Phase.BODY:
+            self._arm_body_timer()
         return None
+
+    def _arm_body_timer(self) -> None:
+        """``read_timeout`` between body chunks, unless the client is not at
+        fault: reading is paused for the app, or it waits for 100 Continue."""
+        exchange = self.exchange
+        if self._paused & _PAUSE_CREDIT or (exchange is not None and exchange.awaiting_continue):
+            self.transport.set_timeout(None)
+        else:
+            self.transport.set_timeout(self.ctx.options.read_timeout)
 
     def _on_request(self, event: h11.Request) -> None:
         if self._fed > self._max_head and self._head_size() > self._max_head:
@@ -624,8 +648,9 @@ class H11Adapter:
             self._bad_request(431, "request head too large")
             return
         try:
-            request = h1_request(event.method, event.target, list(event.headers),
-                                 event.http_version)
+            # raw_items() is h11's cheap public accessor; names are lowercased here.
+            headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
+            request = h1_request(event.method, event.target, headers, event.http_version)
         except ProtocolError as exc:
             self._bad_request(exc.status, str(exc))
             return

@@ -137,16 +137,23 @@ def h1_request_head(
     return h1_request(method, target, headers, http_version).head
 
 
+#: The only header fields h1_request looks into; most requests carry none
+#: but ``connection``, so the common case costs one set lookup per field.
+_H1_SPECIAL = frozenset({
+    b"connection", b"content-length", b"transfer-encoding", b"upgrade", b"expect",
+    b"sec-websocket-key", b"sec-websocket-version", b"http2-settings",
+})
+
+
 class _H1Scan:
     """The header fields :func:`h1_request` looks at, gathered in one pass."""
 
-    __slots__ = ("connection", "upgrade", "host", "content_length", "chunked",
+    __slots__ = ("connection", "upgrade", "content_length", "chunked",
                  "expect", "ws_key", "ws_version", "h2_settings", "h2_settings_count")
 
     def __init__(self) -> None:
         self.connection: list[bytes] = []
         self.upgrade: bytes | None = None
-        self.host: bytes | None = None
         self.content_length: bytes | None = None
         self.chunked = False
         self.expect: bytes | None = None
@@ -156,15 +163,12 @@ class _H1Scan:
         self.h2_settings_count = 0
 
     def feed(self, name: bytes, value: bytes) -> None:
-        # Most headers match none of these: one dict-free chain of compares.
         if name == b"connection":
             self.connection.extend(t.strip().lower() for t in value.split(b","))
         elif name == b"content-length":
             self.content_length = value
         elif name == b"transfer-encoding":
             self.chunked = True
-        elif name == b"host":
-            self.host = value
         elif name == b"upgrade":
             self.upgrade = value.lower()
         elif name == b"expect":
@@ -178,6 +182,9 @@ class _H1Scan:
             self.h2_settings_count += 1
 
 
+_NO_SPECIAL_FIELDS = _H1Scan()
+
+
 def h1_request(
     method: bytes, target: bytes, headers: list[tuple[bytes, bytes]], http_version: bytes
 ) -> H1Request:
@@ -187,9 +194,14 @@ def h1_request(
     """
     if len(headers) > MAX_REQUEST_HEADERS:
         raise HeaderTooLarge(f"more than {MAX_REQUEST_HEADERS} header fields")
-    scan = _H1Scan()
+    scan: _H1Scan | None = None
     for name, value in headers:
-        scan.feed(name, value)
+        if name in _H1_SPECIAL:
+            if scan is None:
+                scan = _H1Scan()
+            scan.feed(name, value)
+    if scan is None:
+        scan = _NO_SPECIAL_FIELDS  # read-only below
     if scan.chunked and scan.content_length is not None:
         raise ProtocolError("both Content-Length and Transfer-Encoding")
     target, headers = _h1_target(method, target, headers)

@@ -375,6 +375,15 @@ def test_100_continue_is_sent_only_when_the_stream_asks_and_only_once() -> None:
     assert response_of(events)[0] == 200
 
 
+def test_no_read_timeout_while_the_client_waits_for_100_continue() -> None:
+    h = Harness(read_timeout=3.0)
+    h.send(h11.Request(method="POST", target="/", headers=[
+        ("host", "x"), ("content-length", "3"), ("expect", "100-continue")]))
+    assert h.link.timer is None  # the app has not asked for the body yet
+    h.stream.sink.send_head(100, [])
+    assert h.link.timer == 3.0
+
+
 def test_no_100_continue_once_the_body_started() -> None:
     h = Harness()
     h.link.feed(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 3\r\nexpect: 100-continue\r\n\r\na")
