@@ -110,7 +110,6 @@ class _ClientProtocol(QuicConnectionProtocol):
             H3Connection(self._quic) if alpn == "h3" else H0Connection(self._quic))
         self.fetches: dict[int, _Fetch] = {}
         self.handshake: HandshakeCompleted | None = None
-        self.key_update = False
 
     def request(self, authority: str, path: str) -> _Fetch:
         stream_id = self._quic.get_next_available_stream_id()
@@ -124,8 +123,6 @@ class _ClientProtocol(QuicConnectionProtocol):
     def quic_event_received(self, event: QuicEvent) -> None:
         if isinstance(event, HandshakeCompleted):
             self.handshake = event
-            if self.key_update:
-                self._quic.request_key_update()
         elif isinstance(event, StreamReset):
             self._finish(event.stream_id, f"stream reset with code {event.error_code}")
         for http_event in self.http.handle_event(event):
@@ -192,7 +189,10 @@ async def fetch(options: ClientOptions, paths: list[str], *,
                            session_ticket_handler=report.tickets.append,
                            wait_connected=not options.early) as protocol:
             client: _ClientProtocol = protocol  # type: ignore[assignment]
-            client.key_update = options.key_update
+            if options.key_update:
+                # Applied with the next 1-RTT packet once the handshake is
+                # confirmed (aioquic defers it until then by itself).
+                client._quic.request_key_update()
             fetches = [client.request(authority, path) for path in paths]
             await asyncio.gather(*(f.done for f in fetches), return_exceptions=True)
             for f in fetches:
