@@ -312,6 +312,10 @@ class H2Adapter:
         self._timer_deadline: float | None = None
         #: Streams waiting on a zero window -> since when.
         self._stalls: dict[int, float] = {}
+        #: False after an h2c Upgrade until the client's preface and SETTINGS
+        #: arrive: until then the client still parses HTTP/1.1 and buffers
+        #: what follows the 101 (curl only 32 KiB), so DATA waits.
+        self._peer_ready = switch is None or switch.upgrade_head is None
         self._dispatch: dict[type[h2.events.Event], Callable[..., None]] = {
             h2.events.RequestReceived: self._on_request,
             h2.events.DataReceived: self._on_data,
@@ -412,7 +416,7 @@ class H2Adapter:
                     conn.send_data(stream_id, b"", end_stream=True)
                 self._flush()
                 return 0
-            window = conn.local_flow_control_window(stream_id)
+            window = conn.local_flow_control_window(stream_id) if self._peer_ready else 0
             frame = conn.max_outbound_frame_size
             sent = 0
             while sent < total and window > 0:
@@ -531,7 +535,10 @@ class H2Adapter:
 
     def _on_settings(self, event: h2.events.RemoteSettingsChanged) -> None:
         changed = event.changed_settings
-        if SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
+        if not self._peer_ready:
+            self._peer_ready = True
+            self._wake_all()
+        elif SettingCodes.INITIAL_WINDOW_SIZE in changed or SettingCodes.MAX_FRAME_SIZE in changed:
             self._wake_all()
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:

@@ -583,6 +583,44 @@ def test_upgrade_request_becomes_stream_one() -> None:
     assert any(isinstance(e, h2.events.StreamEnded) and e.stream_id == 1 for e in events)
 
 
+def test_upgraded_response_body_waits_for_the_client_preface() -> None:
+    """Until the client's SETTINGS arrive it still reads HTTP/1.1 and buffers
+    what follows the 101 (curl: 32 KiB); a large body must not flood it."""
+    async def main() -> None:
+        client = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True,
+                                                                      header_encoding=None))
+        settings = client.initiate_upgrade_connection()
+        assert settings is not None
+        head = RequestHead(method="GET", target=b"/big", headers=((b"host", b"x"),))
+        link = ByteLink(FakeClock())
+        factory = RecordingFactory()
+        switch = SwitchTo("h2", data=b"", upgrade_head=head,
+                          upgrade_settings=base64.urlsafe_b64decode(settings))
+        link.attach(H2Adapter(ctx=make_context(factory, clock=link.clock), transport=link,
+                              conn=make_conn(), switch=switch))
+        sink = factory.last.sink
+        sink.send_head(200, [])
+        task = asyncio.create_task(sink.send_body(b"b" * 100000, True))
+        await asyncio.sleep(0)
+        early = client.receive_data(link.take())
+        assert not any(isinstance(e, h2.events.DataReceived) for e in early)
+        link.feed(client.data_to_send())  # the preface and SETTINGS
+        data = bytearray()
+        for _ in range(20):
+            await asyncio.sleep(0)
+            for event in client.receive_data(link.take()):
+                if isinstance(event, h2.events.DataReceived):
+                    data += event.data
+                    client.acknowledge_received_data(event.flow_controlled_length, 1)
+            link.feed(client.data_to_send())
+            if task.done():
+                break
+        await asyncio.wait_for(task, 1)
+        assert bytes(data) == b"b" * 100000
+
+    asyncio.run(main())
+
+
 # -- extended CONNECT (RFC 8441) -----------------------------------------------------------------
 
 
