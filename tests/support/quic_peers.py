@@ -12,14 +12,17 @@ In memory (sans-IO, fake time):
   the app tasks run, and advances fake time to the next timer when nothing
   else moves -- bounded in rounds.
 
-Over real UDP (integration): :func:`aioquic_request` runs one or more
-requests with ``aioquic.asyncio.connect`` on the loopback.
+Over real UDP (integration): :func:`aioquic_connect` opens an
+``aioquic.asyncio`` client whose protocol runs HTTP/3 requests, and
+:func:`gtlsclient` runs ngtcp2's client (bounded in time).
 """
 
 from __future__ import annotations
 
 import asyncio
+import shutil
 import ssl
+import subprocess
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterable
 
@@ -367,3 +370,28 @@ def aioquic_connect(host: str, port: int, configuration: QuicConfiguration,
     """``async with aioquic_connect(...) as client:`` -> :class:`_H3ClientProtocol`."""
     return connect(host, port, configuration=configuration,
                    create_protocol=_H3ClientProtocol, **kwargs)
+
+
+# --------------------------------------------------------------------------
+# ngtcp2's gtlsclient (Debian ngtcp2-client 0.12).
+
+GTLSCLIENT = shutil.which("gtlsclient")
+#: GnuTLS priority string for ChaCha20-Poly1305 only (gtlsclient's --ciphers).
+CHACHA20_ONLY = "NORMAL:-VERS-ALL:+VERS-TLS1.3:-CIPHER-ALL:+CHACHA20-POLY1305"
+
+
+def url_host(host: str) -> str:
+    return f"[{host}]" if ":" in host else host
+
+
+def gtlsclient(host: str, port: int, paths: Iterable[str], *args: str, quiet: bool = True,
+               timeout: float = 60.0, cwd: str | None = None) -> subprocess.CompletedProcess[str]:
+    """Run gtlsclient against ``host:port`` for ``paths`` (one stream each,
+    one connection); bounded in time.  Output is stdout and stderr merged."""
+    if GTLSCLIENT is None:
+        raise RuntimeError("gtlsclient is not installed (Debian ngtcp2-client)")
+    uris = [f"https://{url_host(host)}:{port}{path}" for path in paths]
+    command = [GTLSCLIENT, "--exit-on-all-streams-close", *(["-q"] if quiet else []), *args,
+               host, str(port), *uris]
+    return subprocess.run(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                          errors="replace", timeout=timeout, cwd=cwd, check=False)
