@@ -65,6 +65,7 @@ import wsproto.connection
 import wsproto.events
 from aioquic.h3.connection import ErrorCode as H3ErrorCode
 
+from quicserve.asgi.dispatch import Dispatcher
 from quicserve.config import Config
 from quicserve.interfaces import Statistics
 from quicserve.protocols.h11 import H11Adapter
@@ -143,6 +144,7 @@ class Driver:
     """Pumping, waiting and the whole-request helpers shared by every protocol."""
 
     name = ""
+    dispatcher: Dispatcher
 
     def __init__(self, config: Config, stats: Statistics) -> None:
         self.config = config
@@ -169,6 +171,11 @@ class Driver:
     def websocket_accepted(self, response: Response) -> bool:
         return response.status == 200
 
+    def unsent(self, exchange: Exchange) -> int:
+        """Request bytes the client holds back because the server gives no
+        credit (TCP: not read; H2: stream window; QUIC: MAX_STREAM_DATA)."""
+        raise NotImplementedError
+
     def _step(self) -> bool:
         """Move bytes both ways once; True if anything moved."""
         raise NotImplementedError
@@ -179,6 +186,10 @@ class Driver:
 
     def close(self) -> None:
         """Drop everything (end of the scenario)."""
+
+    def cancel_apps(self) -> None:
+        """What the graceful-shutdown deadline does: cancel every stream's task."""
+        self.dispatcher.cancel_all()
 
     # -- common ----------------------------------------------------------------------
 
@@ -256,6 +267,10 @@ class Driver:
 # HTTP/1.1
 
 
+#: Bytes per ``data_received`` call, like one read of the TCP transport.
+READ_SIZE = 65536
+
+
 class _H1Connection:
     """One TCP connection: the server's H11Adapter and an h11 client."""
 
@@ -283,9 +298,12 @@ class _H1Connection:
     def step(self) -> bool:
         moved = False
         link = self.link
-        if self.outbox and not link.reading_paused and not link.closed and not self.dropped:
-            data = bytes(self.outbox)
-            self.outbox.clear()
+        if link.closed and self.outbox:
+            self.outbox.clear()  # the socket is gone: writes fail, nothing is delivered
+        while self.outbox and not link.reading_paused and not link.closed and not self.dropped:
+            # One socket read at a time, as the TCP transport delivers them.
+            data = bytes(self.outbox[:READ_SIZE])
+            del self.outbox[:READ_SIZE]
             switch = link.feed(data)
             if switch is not None:
                 raise AssertionError(f"unexpected protocol switch {switch}")
@@ -402,6 +420,10 @@ class H1Driver(Driver):
             conn.dropped = True
             conn.link.lose()
 
+    def unsent(self, exchange: Exchange) -> int:
+        conn: _H1Connection = exchange.key
+        return len(conn.outbox)
+
     def snapshot(self, exchange: Exchange) -> Response:
         conn: _H1Connection = exchange.key
         assert conn.response is not None
@@ -474,6 +496,18 @@ class H2Driver(Driver):
         self.client.pending.pop(exchange.key, None)
         self.client.conn.reset_stream(exchange.key, h2.errors.ErrorCodes.CANCEL)
 
+    def unsent(self, exchange: Exchange) -> int:
+        pending = self.client.pending.get(exchange.key)
+        return len(pending[0]) if pending is not None else 0
+
+    def _drop_reset_streams(self) -> None:
+        """A client stops sending on a stream the server reset (h2 would only
+        notice when the window reopens, which it never does then)."""
+        client = self.client
+        for stream_id in list(client.pending):
+            if client.responses[stream_id].reset is not None:
+                del client.pending[stream_id]
+
     def snapshot(self, exchange: Exchange) -> Response:
         raw = self.client.responses[exchange.key]
         status, headers = _split_status(raw.headers or ())
@@ -483,8 +517,10 @@ class H2Driver(Driver):
         return Response(
             status=status, headers=headers, body=bytes(raw.data), trailers=trailers,
             interim=[(s, f) for s, f in interim if s is not None],
-            ended=raw.ended, reset=raw.reset is not None, reset_code=raw.reset,
-            connection_closed=self.link.closed,
+            # RST_STREAM(NO_ERROR) after a complete response (RFC 9113 8.1)
+            # only stops the request body: the response is not cut short.
+            ended=raw.ended, reset=raw.reset is not None and not raw.ended,
+            reset_code=raw.reset, connection_closed=self.link.closed,
         )
 
     async def open_websocket(self, path: str, headers: Sequence[Header]) -> Exchange:
@@ -501,6 +537,7 @@ class H2Driver(Driver):
                 self.client.receive(incoming)
         else:
             self.client.exchange(rounds=200)
+        self._drop_reset_streams()
         return link.moved != before
 
     def close(self) -> None:
@@ -523,6 +560,7 @@ class QuicDriver(Driver):
         config = replace(config, certfile=str(certs.cert), keyfile=str(certs.key),
                          quic_alpn=("h3", "hq-interop"))
         self.harness = QuicHarness(config=config, app=app, ca=str(certs.ca))
+        self.dispatcher = self.harness.dispatcher
         super().__init__(config, self.harness.stats)
         self.client: H3Client = self.harness.client(h0=self.h0)
         self._time_spent = 0.0
@@ -546,6 +584,21 @@ class QuicDriver(Driver):
             return False
         self._time_spent += harness.clock.now - before
         return True
+
+    async def settle(self) -> None:
+        await super().settle()
+        terminated = self.client.terminated
+        assert terminated is None, (
+            f"{self.name}: the QUIC connection was closed during the scenario "
+            f"(0x{terminated.error_code:x} {terminated.reason_phrase!r})")
+
+    def unsent(self, exchange: Exchange) -> int:
+        # aioquic keeps written-but-unsent bytes between the highest offset
+        # sent and the end of its send buffer (a test-only look inside).
+        stream = self.client.quic._streams.get(exchange.key)
+        if stream is None:
+            return 0
+        return int(stream.sender._buffer_stop - stream.sender.highest_offset)
 
     def reset(self, exchange: Exchange) -> None:
         quic = self.client.quic
@@ -578,6 +631,26 @@ class H3Driver(QuicDriver):
             interim=[(s, f) for s, f in interim if s is not None],
             ended=raw.ended, reset=raw.reset_code is not None, reset_code=raw.reset_code,
         )
+
+    async def resume_with_early_data(
+            self, requests: Sequence[tuple[str, str]]) -> list[Exchange]:
+        """Reconnect with the session ticket of the first connection and send
+        ``requests`` (method, path) in 0-RTT, before the handshake completes.
+        The new connection becomes the driver's client."""
+        await self.wait(lambda: bool(self.client.tickets), "a session ticket")
+        ticket = self.client.tickets[-1]
+        if not ticket.max_early_data_size:
+            raise AssertionError("the server's session ticket allows no early data")
+        old = self.client
+        self.client = self.harness.client(address=("10.0.0.3", 50001), session_ticket=ticket)
+        old.quic.close()
+        exchanges = [Exchange(self, self.client.request(method, path, body=None))
+                     for method, path in requests]
+        return exchanges
+
+    def early_data_accepted(self) -> bool:
+        handshake = self.client.handshake
+        return handshake is not None and handshake.early_data_accepted
 
     async def open_websocket(self, path: str, headers: Sequence[Header]) -> Exchange:
         client = self.client
