@@ -337,7 +337,7 @@ class WebSocketStream:
         try:
             await self._dispatch(kind, message)
         except ASGIProtocolError as exc:
-            raise await self._fail_protocol(exc) from None
+            raise self._log_protocol_error(exc) from None
 
     def _closed_by_peer(self) -> bool:
         """The connection closed while open (peer close, or we failed it)."""
@@ -616,7 +616,8 @@ class WebSocketStream:
             self._ended = True
             self._sink.reset(ResetReason.CANCELLED)
 
-    async def _fail_protocol(self, exc: ASGIProtocolError) -> ASGIProtocolError:
+    def _log_protocol_error(self, exc: ASGIProtocolError) -> ASGIProtocolError:
+        """Log a broken exchange once; the app's end answers it (500 or 1011)."""
         if self._error is None:
             self._error = exc
             log.error_logger.error("ASGI protocol error: %s", exc)
