@@ -171,6 +171,14 @@ class Driver:
     def websocket_accepted(self, response: Response) -> bool:
         return response.status == 200
 
+    def shutdown(self) -> None:
+        """Graceful shutdown of the server side (what server.py does on SIGTERM)."""
+        raise NotImplementedError
+
+    def closed_by_server(self) -> bool:
+        """The server ended the connection (every connection, on h1)."""
+        raise NotImplementedError
+
     def unsent(self, exchange: Exchange) -> int:
         """Request bytes the client holds back because the server gives no
         credit (TCP: not read; H2: stream window; QUIC: MAX_STREAM_DATA)."""
@@ -424,6 +432,13 @@ class H1Driver(Driver):
         conn: _H1Connection = exchange.key
         return len(conn.outbox)
 
+    def shutdown(self) -> None:
+        for conn in self.connections:
+            conn.adapter.shutdown()
+
+    def closed_by_server(self) -> bool:
+        return all(conn.link.closed and not conn.dropped for conn in self.connections)
+
     def snapshot(self, exchange: Exchange) -> Response:
         conn: _H1Connection = exchange.key
         assert conn.response is not None
@@ -471,6 +486,40 @@ class CountingLink(ByteLink):
         return data
 
 
+class GoawayTolerantClient(H2Client):
+    """An H2Client that goes on reading the streams a GOAWAY still covers.
+
+    The ``h2`` library moves a client connection to CLOSED on GOAWAY and
+    then rejects every frame, although RFC 9113 6.8 lets streams up to the
+    last stream id finish (real clients do).  So GOAWAY frames are taken out
+    of the byte stream here, recorded (``goaway_codes``), and everything
+    else goes to h2.
+    """
+
+    def __init__(self, link: ByteLink) -> None:
+        super().__init__(link)
+        self._frames = bytearray()
+        #: (last stream id, error code) of every GOAWAY received.
+        self.goaways: list[tuple[int, int]] = []
+
+    def receive(self, data: bytes) -> list[Any]:
+        self._frames += data
+        keep = bytearray()
+        frames = self._frames
+        while len(frames) >= 9:
+            size = 9 + int.from_bytes(frames[:3], "big")
+            if len(frames) < size:
+                break
+            frame = bytes(frames[:size])
+            del frames[:size]
+            if frame[3] == 0x7:  # GOAWAY
+                self.goaways.append((int.from_bytes(frame[9:13], "big") & 0x7FFFFFFF,
+                                     int.from_bytes(frame[13:17], "big")))
+            else:
+                keep += frame
+        return super().receive(bytes(keep)) if keep else []
+
+
 class H2Driver(Driver):
     name = "h2"
 
@@ -480,7 +529,7 @@ class H2Driver(Driver):
         self.link = CountingLink(FakeClock())
         self.adapter = H2Adapter(ctx=self.ctx, transport=self.link, conn=make_conn(secure=True))
         self.link.attach(self.adapter)
-        self.client = H2Client(self.link)
+        self.client = GoawayTolerantClient(self.link)
 
     async def open(self, method: str, path: str, headers: Sequence[Header] = (), *,
                    body: bytes = b"", end: bool = True,
@@ -499,6 +548,12 @@ class H2Driver(Driver):
     def unsent(self, exchange: Exchange) -> int:
         pending = self.client.pending.get(exchange.key)
         return len(pending[0]) if pending is not None else 0
+
+    def shutdown(self) -> None:
+        self.adapter.shutdown()
+
+    def closed_by_server(self) -> bool:
+        return self.link.closed and not self.link.lost
 
     def _drop_reset_streams(self) -> None:
         """A client stops sending on a stream the server reset (h2 would only
@@ -585,10 +640,19 @@ class QuicDriver(Driver):
         self._time_spent += harness.clock.now - before
         return True
 
+    def shutdown(self) -> None:
+        self.expect_close = True
+        self.harness.endpoint.shutdown()
+
+    def closed_by_server(self) -> bool:
+        return self.client.terminated is not None
+
+    expect_close = False
+
     async def settle(self) -> None:
         await super().settle()
         terminated = self.client.terminated
-        assert terminated is None, (
+        assert terminated is None or self.expect_close, (
             f"{self.name}: the QUIC connection was closed during the scenario "
             f"(0x{terminated.error_code:x} {terminated.reason_phrase!r})")
 
