@@ -12,7 +12,7 @@ aioquic can do per request.  It answers every GET at once:
 Run ``python bench/aioquic_baseline.py --port 4433 --certfile C --keyfile K``;
 it prints ``ready <port>`` on stdout once listening and stops on SIGTERM or
 SIGINT.  ``--loop uvloop`` (the default when installed, as for quicserve)
-or ``--loop asyncio``.
+or ``--loop asyncio``.  The benchmark modules start it with :func:`server`.
 """
 
 from __future__ import annotations
@@ -22,11 +22,16 @@ import asyncio
 import signal
 import sys
 
+from typing import TYPE_CHECKING
+
 from aioquic.asyncio import QuicConnectionProtocol, serve
 from aioquic.h3.connection import H3_ALPN, H3Connection
 from aioquic.h3.events import H3Event, HeadersReceived
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.events import ProtocolNegotiated, QuicEvent
+
+if TYPE_CHECKING:
+    from bench.common import Server
 
 SMALL_BODY = b"hello, world\n"
 BIG = 32 * 1024 * 1024
@@ -88,6 +93,14 @@ async def main_async(args: argparse.Namespace) -> None:
     print(f"ready {port}", flush=True)
     await stop.wait()
     server.close()
+
+
+def server(python: str, certfile: object, keyfile: object, port: int) -> Server:
+    """This script as a ``bench.common.Server`` (not yet started)."""
+    from bench.common import Server
+
+    return Server("aioquic", [python, __file__, "--port", str(port), "--certfile",
+                              str(certfile), "--keyfile", str(keyfile)], port)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,84 @@
+"""One worker against two: HTTP/3 requests/s with 8 client processes.
+
+``quicserve --workers 1`` and ``--workers 2`` serve ``bench.apps:hello`` over
+HTTP/3 side by side (each on its own UDP port); 8 ``gtlsclient`` processes
+at once, each one connection of ``REQUESTS`` requests, measure each in
+interleaved rounds.  With two workers the 8 connections are spread over two
+processes by the connection-ID steering (each client's random first DCID
+picks a worker), so on a 2-core machine the server side can use both cores
+-- while the clients use them too, which is why the target is 1.4x and not
+2x.
+
+Standalone: ``python bench/workers.py [--rounds N] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import ngtcp2
+from bench.common import BenchContext, Group, Server, free_port, interleave, make_context, render
+
+TITLE = "Workers"
+APP = "bench.apps:hello"
+CLIENTS = 8
+REQUESTS = 1000
+
+
+def quicserve(ctx: BenchContext, workers: int, port: int) -> Server:
+    return Server(f"quicserve -w {workers}", [
+        ctx.python, "-m", "quicserve", APP, "--workers", str(workers),
+        "--quic-bind", f"127.0.0.1:{port}", "--certfile", str(ctx.certfile),
+        "--keyfile", str(ctx.keyfile), "--no-access-log", "--log-level", "warning",
+        "--loop", "auto"], port)
+
+
+def run(ctx: BenchContext) -> list[Group]:
+    ngtcp2.ensure_tools()
+    requests = 200 if ctx.quick else REQUESTS
+    group = Group(
+        title=f"HTTP/3 hello world, {CLIENTS} gtlsclient processes x {requests} requests "
+              "(one connection each)",
+        unit="req/s",
+        command=f"{CLIENTS} x gtlsclient -q --exit-on-all-streams-close -n {requests} "
+                f"--download DIR 127.0.0.1 PORT https://127.0.0.1:PORT/r/0 ... /r/{requests - 1}",
+        baseline="quicserve -w 1",
+        target=("quicserve -w 2", 1.4),
+    )
+    servers = [quicserve(ctx, 1, free_port(socket.SOCK_DGRAM)),
+               quicserve(ctx, 2, free_port(socket.SOCK_DGRAM))]
+
+    def measure(server: Server) -> tuple[float, int]:
+        result = ngtcp2.h3_load(server.port, clients=CLIENTS, requests=requests)
+        return result.rate, result.errors
+
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            ngtcp2.wait_h3(server)
+        interleave(ctx, servers, measure, group)
+    finally:
+        for server in servers:
+            server.stop()
+    return [group]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    ctx = make_context(rounds=1 if args.quick else args.rounds, duration=3.0, quick=args.quick)
+    print(render(run(ctx)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
