@@ -616,9 +616,11 @@ class H11Adapter:
             elif kind is h11.Request:
                 self._on_request(cast(h11.Request, event))
             elif kind is h11.EndOfMessage:
-                switch = self._on_end()
-                if switch is not None:
-                    return switch
+                # The request is complete: what follows (pipelined requests)
+                # waits in h11's buffer for the next cycle, so stop here
+                # rather than ask h11 again.  A drained request already
+                # started the next cycle inside _on_end.
+                return self._on_end()
             elif event is h11.NEED_DATA or event is h11.PAUSED:
                 break
             elif kind is h11.ConnectionClosed:
@@ -787,7 +789,7 @@ class H11Adapter:
         self.phase = phase
         if phase is Phase.IDLE:
             return  # the caller arms keep-alive once the cycle is set up
-        if phase is Phase.HEAD:
+        if phase is Phase.HEAD or phase is Phase.DRAINING:
             self.transport.set_timeout(self.ctx.options.read_timeout)
         elif phase is Phase.SWITCHED:
             self.transport.set_timeout(None)

@@ -348,6 +348,16 @@ def test_response_before_the_body_drains_it_and_keeps_the_connection() -> None:
     assert h.streams[0].body == b""  # nothing delivered after the response
 
 
+def test_draining_a_stalled_body_times_out() -> None:
+    h = Harness(read_timeout=3.0)
+    h.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "10")]))
+    h.stream.respond(status=413, body=b"no")
+    h.link.take()
+    assert h.link.timer == 3.0
+    h.link.fire_timer()
+    assert h.link.closed and h.link.take() == b""
+
+
 def test_draining_too_much_closes() -> None:
     h = Harness(stream_high_water=1000, h11_max_incomplete_size=1000)
     h.send(h11.Request(method="POST", target="/", headers=[("host", "x"), ("content-length", "100000")]))
