@@ -663,8 +663,7 @@ class H11Adapter:
             if self._h2c and first and self._h2c_body_fits(request):
                 self._upgrade = request
                 return
-            request = dataclasses.replace(
-                request, head=dataclasses.replace(head, protocol=None))
+            request = request._replace(head=dataclasses.replace(head, protocol=None))
             head = request.head
         exchange = H11Exchange(self, request)
         self.exchange = exchange
