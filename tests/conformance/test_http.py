@@ -157,3 +157,29 @@ def test_concurrent_streams_answered_independently(serve, protocol):
         await c.wait(lambda: all(ex.done for ex in exchanges), "five responses")
         assert [(ex.response.status, ex.response.body) for ex in exchanges] == [(200, b"hello")] * 5
     serve(apps.hello, scenario)
+
+
+@on("h1", "h2", "h3")
+def test_repeated_response_headers_are_kept(serve, protocol):
+    async def app(scope, receive, send) -> None:
+        await send({"type": "http.response.start", "status": 201, "headers": [
+            (b"Set-Cookie", b"a=1"), (b"set-cookie", b"b=2"), (b"X-Custom", b"v")]})
+        await send({"type": "http.response.body", "body": b"made"})
+
+    async def scenario(c: Driver) -> None:
+        r = await c.request("GET", "/")
+        assert (r.status, r.body) == (201, b"made")
+        assert [v for n, v in r.headers if n == b"set-cookie"] == [b"a=1", b"b=2"]
+        assert r.header(b"x-custom") == b"v"
+    serve(app, scenario)
+
+
+@on("h1", "h2", "h3")
+def test_empty_body_post(serve, protocol):
+    log: list = []
+
+    async def scenario(c: Driver) -> None:
+        r = await c.request("POST", "/", headers=[(b"content-length", b"0")])
+        assert (r.status, r.body) == (200, b"")
+    serve(capps.chunk_log(log), scenario)
+    assert log == [(b"", False)]

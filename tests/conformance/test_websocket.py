@@ -95,3 +95,36 @@ def test_client_vanishes(serve, protocol):
         await c.wait(lambda: bool(log), "websocket.disconnect at the app")
     serve(capps.websocket_recorder(log), scenario)
     assert log == [("disconnect", 1006, "")]
+
+
+@on(*WEBSOCKET)
+def test_large_messages_both_ways(serve, protocol):
+    """Messages well beyond the stream windows and the high-water mark: the
+    WebSocket stream must return credit as it frames, both ways."""
+    log: list = []
+    big = bytes(range(256)) * 1024  # 256 KiB
+
+    async def scenario(c: Driver) -> None:
+        ws = await connect(c)
+        for i in range(3):
+            ws.send(big[i:] + big[:i])
+            assert await ws.receive() == big[i:] + big[:i]
+        await ws.close()
+    serve(capps.websocket_recorder(log), scenario, h2_initial_window_size=65536,
+          quic_max_stream_data=65536, stream_high_water=16384)
+    assert log == [("disconnect", 1000, "")]
+
+
+@on(*WEBSOCKET)
+def test_limit_concurrency_refuses_the_handshake(serve, protocol):
+    """Over --limit-concurrency a WebSocket handshake gets 503, like any request."""
+    log: list = []
+
+    async def scenario(c: Driver) -> None:
+        first = await connect(c)
+        denied = await c.websocket("/ws")
+        assert isinstance(denied, Response) and denied.status == 503
+        first.send("still served")
+        assert await first.receive() == "still served"
+        await first.close()
+    serve(capps.websocket_recorder(log), scenario, limit_concurrency=1)
