@@ -171,6 +171,9 @@ _PAUSE_CREDIT = 1
 _PAUSE_PIPELINE = 2
 
 
+#: ASGI extensions HTTP/1.1 supports: trailers (chunked responses only; dropped
+#: otherwise) and 103 Early Hints (dropped for HTTP/1.0 clients).
+_EXTENSIONS = ("http.response.trailers", "http.response.early_hint")
 #: Response fields whose meaning is the framing: the writer decides them.
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _STATUS_LINES: dict[int, bytes] = {}
@@ -439,9 +442,9 @@ class H11Adapter:
     ) -> None:
         self.ctx = ctx
         self.transport = transport
-        if "http.response.trailers" not in conn.extensions:
-            conn = dataclasses.replace(
-                conn, extensions=conn.extensions + ("http.response.trailers",))
+        missing = tuple(name for name in _EXTENSIONS if name not in conn.extensions)
+        if missing:
+            conn = dataclasses.replace(conn, extensions=conn.extensions + missing)
         self._conn = dataclasses.replace(conn, http_version="1.1", protocol="HTTP/1.1")
         self._conn10 = dataclasses.replace(conn, http_version="1.0", protocol="HTTP/1.0")
         self._h2c = h2c

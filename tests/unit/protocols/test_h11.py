@@ -100,7 +100,9 @@ class Harness:
 
     def responses(self) -> list[Any]:
         """Parse what the server wrote with the client h11 connection."""
-        self.client.receive_data(self.link.take())
+        data = self.link.take()
+        if data:  # h11 reads b"" as EOF
+            self.client.receive_data(data)
         if self.link.closed and self.client.their_state is h11.SEND_BODY:
             self.client.receive_data(b"")
         events = []
@@ -133,6 +135,7 @@ def test_get_is_answered_with_head_and_body_in_one_write() -> None:
     assert stream.calls == [(b"", False)]
     assert stream.conn is not None and stream.conn.http_version == "1.1"
     assert "http.response.trailers" in stream.conn.extensions
+    assert "http.response.early_hint" in stream.conn.extensions
     stream.sink.send_head(200, [(b"content-type", b"text/plain"), (b"content-length", b"5")])
     assert h.link.written == b""  # the head waits for the body
     run_now(stream.sink.send_body(b"hello", True))
@@ -212,8 +215,6 @@ def test_http10_request_gets_connection_info_1_0_and_no_keep_alive() -> None:
     assert h.stream.conn is not None and h.stream.conn.http_version == "1.0"
     assert h.stream.conn.protocol == "HTTP/1.0"
     h.stream.respond(headers=[], body=b"")  # no Content-Length: close-delimited
-    # The body is delimited by the close.
-    h.stream.sink  # noqa: B018
     out = h.link.take()
     assert out.startswith(b"HTTP/1.1 200 OK\r\n")
     assert b"connection: close\r\n" in out and b"transfer-encoding" not in out
@@ -419,6 +420,13 @@ def test_103_early_hints() -> None:
     h.stream.respond()
     events = h.responses()
     assert events[0].status_code == 103 and dict(events[0].headers)[b"link"] == b"</style.css>; rel=preload"
+
+
+def test_103_is_not_sent_to_http10_clients() -> None:
+    h = Harness()
+    h.link.feed(b"GET / HTTP/1.0\r\n\r\n")
+    h.stream.sink.send_head(103, [(b"link", b"</a>")])
+    assert h.link.take() == b""
 
 
 # -- trailers ---------------------------------------------------------------------------------
@@ -846,3 +854,135 @@ def test_invalid_websocket_handshake_is_400(change: tuple[bytes, bytes]) -> None
     h = Harness()
     h.link.feed(WS_REQUEST.replace(*change))
     assert h.link.take().startswith(b"HTTP/1.1 400 ") and not h.streams
+
+
+# -- with the real ASGI layer -------------------------------------------------------------------
+#
+# The same adapter under quicserve's Dispatcher and test apps, still in memory
+# (ByteLink), on a real event loop because the apps run as tasks.
+
+from quicserve.asgi.dispatch import Dispatcher  # noqa: E402
+from quicserve.config import Config  # noqa: E402
+from quicserve.interfaces import ConnectionContext, Statistics  # noqa: E402
+from quicserve.log import AccessLog  # noqa: E402
+from tests.support import apps  # noqa: E402
+
+
+class AppHarness:
+    def __init__(self, app: Any, **config: Any) -> None:
+        config.setdefault("access_log", False)
+        self.config = Config(**config)
+        stats = Statistics()
+        dispatcher = Dispatcher(app=app, options=self.config, state={}, stats=stats,
+                                access_log=AccessLog("%(s)s"))
+        self.link = ByteLink()
+        ctx = ConnectionContext(options=self.config, stream_factory=dispatcher,
+                                response_defaults=ResponseDefaults(date=False), stats=stats,
+                                clock=self.link.clock)
+        self.adapter = H11Adapter(ctx=ctx, transport=self.link, conn=make_conn(), h2c=False)
+        self.link.attach(self.adapter)
+        self.client = h11.Connection(h11.CLIENT)
+
+    async def until(self, predicate: Any, turns: int = 200) -> None:
+        """Let the app tasks run until predicate() holds (bounded in turns)."""
+        for _ in range(turns):
+            if predicate():
+                return
+            await asyncio.sleep(0)
+        raise AssertionError("condition not reached")
+
+    async def exchange(self, *events: Any) -> list[Any]:
+        self.link.feed(b"".join(self.client.send(e) or b"" for e in events))
+        collected: list[Any] = []
+
+        def complete() -> bool:
+            data = self.link.take()
+            if data:  # h11 reads b"" as EOF
+                self.client.receive_data(data)
+            while True:
+                event = self.client.next_event()
+                if event is h11.NEED_DATA or event is h11.PAUSED:
+                    return False
+                collected.append(event)
+                if type(event) is h11.EndOfMessage:
+                    return True
+
+        await self.until(complete)
+        return collected
+
+
+def test_real_app_echo_keep_alive_then_chunked_stream() -> None:
+    async def main() -> None:
+        async def app(scope: Any, receive: Any, send: Any) -> None:
+            if scope["path"] == "/stream":
+                await apps.streaming(3, 2)(scope, receive, send)
+            else:
+                await apps.echo(scope, receive, send)
+
+        h = AppHarness(app)
+        events = await h.exchange(
+            h11.Request(method="POST", target="/echo", headers=[("host", "x"), ("content-length", "5")]),
+            h11.Data(data=b"hello"), h11.EndOfMessage())
+        assert response_of(events)[:1] == (200,) and response_of(events)[2] == b"hello"
+        h.client.start_next_cycle()
+        events = await h.exchange(h11.Request(method="GET", target="/stream", headers=[("host", "x")]),
+                                  h11.EndOfMessage())
+        status, headers, body, _ = response_of(events)
+        assert status == 200 and headers.get(b"transfer-encoding") == b"chunked" and len(body) == 6
+
+    run(main)
+
+
+def test_real_app_100_continue_on_first_receive() -> None:
+    async def main() -> None:
+        h = AppHarness(apps.echo)
+        h.link.feed(h.client.send(h11.Request(method="POST", target="/", headers=[
+            ("host", "x"), ("content-length", "3"), ("expect", "100-continue")])))
+        await h.until(lambda: b"100 Continue" in h.link.written)
+        events = await h.exchange(h11.Data(data=b"abc"), h11.EndOfMessage())
+        assert events[0].status_code == 100 and response_of(events)[2] == b"abc"
+
+    run(main)
+
+
+def test_real_app_raising_after_the_head_closes_the_connection() -> None:
+    async def main() -> None:
+        h = AppHarness(apps.raise_after_head)
+        h.link.feed(b"GET / HTTP/1.1\r\nhost: x\r\n\r\n")
+        await h.until(lambda: h.link.closed)
+        out = h.link.take()
+        assert b"partial" in out and not out.endswith(b"0\r\n\r\n")
+
+    run(main)
+
+
+def test_real_app_raising_before_the_head_gets_500_and_keeps_the_connection() -> None:
+    async def main() -> None:
+        h = AppHarness(apps.raise_before_head)
+        events = await h.exchange(h11.Request(method="GET", target="/", headers=[("host", "x")]),
+                                  h11.EndOfMessage())
+        assert response_of(events)[0] == 500 and not h.link.closed
+
+    run(main)
+
+
+def test_real_app_sees_disconnect_when_the_client_goes_away() -> None:
+    async def main() -> None:
+        seen: list[str] = []
+        h = AppHarness(apps.wait_for_disconnect(seen))
+        h.link.feed(b"POST / HTTP/1.1\r\nhost: x\r\ncontent-length: 2\r\n\r\nab")
+        await h.until(lambda: "http.request" in seen)
+        h.link.lose()
+        await h.until(lambda: "http.disconnect" in seen)
+
+    run(main)
+
+
+def test_real_app_trailers() -> None:
+    async def main() -> None:
+        h = AppHarness(apps.trailers_app([(b"x-digest", b"abc")]))
+        events = await h.exchange(h11.Request(method="GET", target="/", headers=[
+            ("host", "x"), ("te", "trailers")]), h11.EndOfMessage())
+        assert dict(events[-1].headers) == {b"x-digest": b"abc"}
+
+    run(main)
