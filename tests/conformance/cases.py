@@ -24,7 +24,7 @@ RESPONSE_HEADERS = ("h1", "h2", "h3")
 TRAILERS = ("h1", "h2", "h3")
 WEBSOCKET = ("h1", "h2", "h3")
 #: Protocols whose scope offers ``http.response.early_hint``.
-EARLY_HINTS = ("h2",)
+EARLY_HINTS = ("h1", "h2")
 
 #: The reset code for "the app failed after the head went out" (None: the
 #: HTTP/1.1 connection is closed instead).

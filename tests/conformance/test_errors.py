@@ -86,3 +86,40 @@ def test_connection_survives_a_failed_stream(serve, protocol):
             await apps.hello(scope, receive, send)
     serve(app, scenario)
     assert calls == ["/fail", "/"]
+
+
+def wrong_length(declared: int, sent: int):
+    async def app(scope, receive, send) -> None:
+        if scope["path"] == "/ok":
+            await apps.hello(scope, receive, send)
+            return
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-length", str(declared).encode())]})
+        await send({"type": "http.response.body", "body": b"x" * sent})
+    return app
+
+
+_LENGTH_H2 = ("protocols/h2.py writes the app's DATA without checking it against the response's "
+              "content-length (validate_outbound_headers=False, no own check), so the client gets "
+              "a malformed response and h2 raises InvalidBodyLengthError for the whole connection; "
+              "expected: RST_STREAM INTERNAL_ERROR for that stream only (RFC 9113 8.1.1)")
+_LENGTH_H3 = ("protocols/h3.py sends DATA that contradicts the response's content-length; the "
+              "aioquic client closes the whole QUIC connection with H3_MESSAGE_ERROR ('content-length "
+              "does not match data size'); expected: RESET_STREAM H3_INTERNAL_ERROR for that stream "
+              "only (RFC 9114 4.1.2)")
+
+
+@on("h1", "h2", "h3", xfail={"h2": _LENGTH_H2, "h3": _LENGTH_H3})
+@pytest.mark.parametrize("declared,sent", [(3, 5), (10, 5)], ids=["too-long", "too-short"])
+def test_body_contradicting_content_length(serve, protocol, declared, sent):
+    """The app's body does not match its own Content-Length.  The server must
+    not deliver a malformed message: the response is cut short (h1: the
+    connection is closed), never ended with the wrong length, and only that
+    response suffers: the next request is served."""
+    async def scenario(c: Driver) -> None:
+        r = await c.request("GET", "/bad")
+        assert not r.ended, f"a complete response with the wrong length: {r}"
+        assert r.reset
+        ok = await c.request("GET", "/ok")
+        assert (ok.status, ok.body) == (200, b"hello")
+    serve(wrong_length(declared, sent), scenario)
