@@ -773,6 +773,7 @@ class WebSocketClient:
         self.ws = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
         self.messages: list[str | bytes] = []
         self.close_event: wsproto.events.CloseConnection | None = None
+        self.pongs: list[bytes] = []
         self._offset = 0
         self._text: list[str] = []
         self._binary: list[bytes] = []
@@ -798,6 +799,8 @@ class WebSocketClient:
                 self._binary.clear()
         elif isinstance(event, wsproto.events.Ping):
             self.driver.send(self.exchange, self.ws.send(event.response()))
+        elif isinstance(event, wsproto.events.Pong):
+            self.pongs.append(bytes(event.payload))
         elif isinstance(event, wsproto.events.CloseConnection):
             self.close_event = event
             if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
@@ -809,6 +812,26 @@ class WebSocketClient:
         else:
             data = self.ws.send(wsproto.events.BytesMessage(data=message))
         self.driver.send(self.exchange, data)
+
+    def send_fragments(self, fragments: Sequence[str | bytes]) -> None:
+        """One message in several frames (message_finished on the last only)."""
+        for index, part in enumerate(fragments):
+            last = index == len(fragments) - 1
+            event: wsproto.events.Event
+            if isinstance(part, str):
+                event = wsproto.events.TextMessage(data=part, message_finished=last)
+            else:
+                event = wsproto.events.BytesMessage(data=part, message_finished=last)
+            self.driver.send(self.exchange, self.ws.send(event))
+
+    async def ping(self, payload: bytes) -> None:
+        """Ping and wait for the matching pong."""
+        self.driver.send(self.exchange, self.ws.send(wsproto.events.Ping(payload=payload)))
+
+        def answered() -> bool:
+            self._poll()
+            return payload in self.pongs
+        await self.driver.wait(answered, "the pong")
 
     async def receive(self) -> str | bytes:
         def arrived() -> bool:

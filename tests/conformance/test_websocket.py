@@ -128,3 +128,49 @@ def test_limit_concurrency_refuses_the_handshake(serve, protocol):
         assert await first.receive() == "still served"
         await first.close()
     serve(capps.websocket_recorder(log), scenario, limit_concurrency=1)
+
+
+@on(*WEBSOCKET)
+def test_fragmented_message_and_ping(serve, protocol):
+    """A message sent in three frames reaches the app whole; a client ping
+    is answered with a pong carrying the same payload."""
+    log: list = []
+
+    async def scenario(c: Driver) -> None:
+        ws = await connect(c)
+        await ws.ping(b"are you there")
+        ws.send_fragments(["frag", "men", "ted"])
+        assert await ws.receive() == "fragmented"
+        ws.send_fragments([b"\x01", b"\x02\x03"])
+        assert await ws.receive() == b"\x01\x02\x03"
+        await ws.close()
+    serve(capps.websocket_recorder(log), scenario)
+    assert log == [("disconnect", 1000, "")]
+
+
+@on(*WEBSOCKET)
+def test_app_raises_before_accept_is_500(serve, protocol):
+    async def app(scope, receive, send) -> None:
+        await receive()
+        raise RuntimeError("boom before accept")
+
+    async def scenario(c: Driver) -> None:
+        denied = await c.websocket("/ws")
+        assert isinstance(denied, Response) and denied.status == 500
+    serve(app, scenario)
+
+
+@on(*WEBSOCKET)
+def test_app_raises_after_accept_closes_with_1011(serve, protocol):
+    async def app(scope, receive, send) -> None:
+        await receive()
+        await send({"type": "websocket.accept"})
+        message = await receive()
+        raise RuntimeError(f"boom on {message.get('text')}")
+
+    async def scenario(c: Driver) -> None:
+        ws = await connect(c)
+        ws.send("trigger")
+        closed = await ws.wait_closed()
+        assert closed.code == 1011
+    serve(app, scenario)
