@@ -77,6 +77,7 @@ from tests.support.quic_peers import H3Client, QuicHarness, make_context
 
 Header = tuple[bytes, bytes]
 
+
 @dataclass
 class Response:
     """What the client saw for one request, the same for every protocol."""
@@ -149,6 +150,8 @@ class Driver:
     def __init__(self, config: Config, stats: Statistics) -> None:
         self.config = config
         self.stats = stats
+        #: Fake seconds the current wait has advanced the clock by (QUIC).
+        self._time_spent = 0.0
 
     # -- per protocol --------------------------------------------------------------
 
@@ -160,6 +163,10 @@ class Driver:
         raise NotImplementedError
 
     def reset(self, exchange: Exchange) -> None:
+        raise NotImplementedError
+
+    def send_trailers(self, exchange: Exchange, fields: Sequence[Header]) -> None:
+        """End the request body with a trailer section."""
         raise NotImplementedError
 
     def snapshot(self, exchange: Exchange) -> Response:
@@ -421,6 +428,10 @@ class H1Driver(Driver):
         if end:
             conn.outbox += conn.client.send(h11.EndOfMessage()) or b""
 
+    def send_trailers(self, exchange: Exchange, fields: Sequence[Header]) -> None:
+        conn: _H1Connection = exchange.key
+        conn.outbox += conn.client.send(h11.EndOfMessage(headers=list(fields))) or b""
+
     def reset(self, exchange: Exchange) -> None:
         """HTTP/1.1 has no stream reset: the client drops the connection."""
         conn: _H1Connection = exchange.key
@@ -492,7 +503,7 @@ class GoawayTolerantClient(H2Client):
     The ``h2`` library moves a client connection to CLOSED on GOAWAY and
     then rejects every frame, although RFC 9113 6.8 lets streams up to the
     last stream id finish (real clients do).  So GOAWAY frames are taken out
-    of the byte stream here, recorded (``goaway_codes``), and everything
+    of the byte stream here, recorded (``goaways``), and everything
     else goes to h2.
     """
 
@@ -540,6 +551,11 @@ class H2Driver(Driver):
 
     def send(self, exchange: Exchange, data: bytes, end: bool = False) -> None:
         self.client.send_data(exchange.key, data, end=end)
+
+    def send_trailers(self, exchange: Exchange, fields: Sequence[Header]) -> None:
+        if exchange.key in self.client.pending:
+            raise AssertionError("trailers would overtake body bytes still waiting for window")
+        self.client.conn.send_headers(exchange.key, list(fields), end_stream=True)
 
     def reset(self, exchange: Exchange) -> None:
         self.client.pending.pop(exchange.key, None)
@@ -618,7 +634,6 @@ class QuicDriver(Driver):
         self.dispatcher = self.harness.dispatcher
         super().__init__(config, self.harness.stats)
         self.client: H3Client = self.harness.client(h0=self.h0)
-        self._time_spent = 0.0
 
     async def connect(self) -> None:
         await self.wait(lambda: self.client.handshake is not None, "the QUIC handshake")
@@ -684,6 +699,9 @@ class H3Driver(QuicDriver):
 
     def send(self, exchange: Exchange, data: bytes, end: bool = False) -> None:
         self.client.send_body(exchange.key, data, end=end)
+
+    def send_trailers(self, exchange: Exchange, fields: Sequence[Header]) -> None:
+        self.client.http.send_headers(exchange.key, list(fields), end_stream=True)
 
     def snapshot(self, exchange: Exchange) -> Response:
         raw = self.client.responses[exchange.key]

@@ -183,3 +183,20 @@ def test_empty_body_post(serve, protocol):
         assert (r.status, r.body) == (200, b"")
     serve(capps.chunk_log(log), scenario)
     assert log == [(b"", False)]
+
+
+@on(*REQUEST_BODY)
+def test_request_trailers_end_the_body(serve, protocol):
+    """A request body ended by a trailer section: the app gets the whole body
+    and a final more_body=False (ASGI has no request trailers)."""
+    log: list = []
+
+    async def scenario(c: Driver) -> None:
+        ex = await c.open("POST", "/", [(b"te", b"trailers")], body=b"abc", end=False)
+        await c.quiesce()
+        c.send(ex, b"def")
+        c.send_trailers(ex, [(b"x-digest", b"123")])
+        await c.wait(lambda: ex.done, "the response")
+        assert (ex.response.status, ex.response.body) == (200, b"abcdef")
+    serve(capps.chunk_log(log), scenario)
+    assert log[-1][1] is False
