@@ -300,15 +300,14 @@ class Server:
         if keylog and config.tls:
             error_log.warning("SSLKEYLOGFILE is set: TLS secrets are written to %s; anyone who "
                               "can read it can decrypt this server's traffic", keylog)
-        if not config.tls or not config.binds():
+        certfile, keyfile = config.certfile, config.keyfile
+        if certfile is None or keyfile is None or not config.binds():
             return None
-        try:
-            from .transport.tls import create_ssl_context
-        except ImportError as exc:
-            raise StartupError(f"TLS is not available in this build: {exc}") from exc
+        from .transport.tls import create_ssl_context
+
         try:
             return create_ssl_context(
-                certfile=config.certfile, keyfile=config.keyfile,
+                certfile=certfile, keyfile=keyfile,
                 password=config.keyfile_password, ca_certs=config.ca_certs,
                 verify_mode=config.verify_mode, alpn=list(_tcp_alpn()), keylog_file=keylog,
             )

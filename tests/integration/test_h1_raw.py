@@ -231,12 +231,13 @@ def test_app_returning_without_response_is_500(addr: tuple[str, int]) -> None:
 
 def test_client_gone_mid_request_frees_everything(server: ThreadedServer,
                                                   addr: tuple[str, int]) -> None:
-    before = server.statistics()["app_tasks"]
+    # Earlier tests' tasks end just after their connections close: settle first.
+    server.wait_statistics(lambda s: s["app_tasks"] == 0)
     conn = RawConnection(addr)
     conn.send(request("GET", "/disconnect-wait"))
-    server.wait_statistics(lambda s: s["app_tasks"] > before)
+    server.wait_statistics(lambda s: s["app_tasks"] == 1)
     conn.close()
-    server.wait_statistics(lambda s: s["app_tasks"] == before)
+    server.wait_statistics(lambda s: s["app_tasks"] == 0 and s["tcp_connections"] == 0)
     assert_other_client_served(addr)
 
 

@@ -248,8 +248,11 @@ class ThreadedServer:
         self._ready.set()
         await self.server.serve_until()
 
-    def stop(self, timeout: float = STOP_TIMEOUT) -> None:
-        """Graceful shutdown, as a signal would; returns once it is done."""
+    def stop(self, timeout: float | None = None) -> None:
+        """Graceful shutdown, as a signal would; returns once it is done
+        (within the graceful timeout plus a margin)."""
+        if timeout is None:
+            timeout = self.config.graceful_timeout + STOP_TIMEOUT
         if self.loop is not None and self.server is not None and self._thread.is_alive():
             self.loop.call_soon_threadsafe(self.server.request_shutdown)
         self._thread.join(timeout)
