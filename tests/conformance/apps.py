@@ -58,15 +58,21 @@ def gated(gate: asyncio.Event, started: Record) -> App:
     return app
 
 
-def stream_until_gone(log: Record, *, limit: int = 5000, size: int = 1024) -> App:
+def stream_until_gone(log: Record, *, limit: int = 5000, size: int = 1024,
+                      sent: list[int] | None = None) -> App:
     """Streams ``size``-byte chunks until ``send`` raises (the client went
     away: logs "send failed") or ``limit`` chunks went out (logs "finished").
-    Then logs what ``receive()`` says."""
+    Then logs what ``receive()`` says.  ``sent[0]`` counts the sends that
+    returned."""
+    counter = sent if sent is not None else [0]
+    counter[:] = [0]
+
     async def app(scope: Scope, receive: Receive, send: Send) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
         try:
             for _ in range(limit):
                 await send({"type": "http.response.body", "body": b"x" * size, "more_body": True})
+                counter[0] += 1
                 await asyncio.sleep(0)  # let the test's pump run, whatever the transport
         except OSError:
             log.append("send failed")

@@ -182,6 +182,17 @@ class Driver:
         """Graceful shutdown of the server side (what server.py does on SIGTERM)."""
         raise NotImplementedError
 
+    def stall(self) -> None:
+        """The client stops reading: the server's sends soon block (h1: the
+        socket buffer is full; h2: no WINDOW_UPDATE; QUIC: nothing reaches
+        the client, so nothing is acknowledged)."""
+        raise NotImplementedError
+
+    def drop_connection(self) -> None:
+        """The client's whole connection goes away (h1/h2: TCP lost; QUIC:
+        the client closes the connection)."""
+        raise NotImplementedError
+
     def closed_by_server(self) -> bool:
         """The server ended the connection (every connection, on h1)."""
         raise NotImplementedError
@@ -447,6 +458,16 @@ class H1Driver(Driver):
         for conn in self.connections:
             conn.adapter.shutdown()
 
+    def stall(self) -> None:
+        for conn in self.connections:
+            conn.link.block_writes()
+
+    def drop_connection(self) -> None:
+        for conn in self.connections:
+            if not conn.link.lost:
+                conn.dropped = True
+                conn.link.lose()
+
     def closed_by_server(self) -> bool:
         return all(conn.link.closed and not conn.dropped for conn in self.connections)
 
@@ -568,6 +589,13 @@ class H2Driver(Driver):
     def shutdown(self) -> None:
         self.adapter.shutdown()
 
+    def stall(self) -> None:
+        self.client.auto_ack = False
+
+    def drop_connection(self) -> None:
+        if not self.link.lost:
+            self.link.lose()
+
     def closed_by_server(self) -> bool:
         return self.link.closed and not self.link.lost
 
@@ -658,6 +686,14 @@ class QuicDriver(Driver):
     def shutdown(self) -> None:
         self.expect_close = True
         self.harness.endpoint.shutdown()
+
+    def stall(self) -> None:
+        address = self.client.address
+        self.harness.link.lose = lambda data, src, dst: dst == address
+
+    def drop_connection(self) -> None:
+        self.expect_close = True
+        self.client.quic.close()
 
     def closed_by_server(self) -> bool:
         return self.client.terminated is not None

@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from tests.conformance import apps as capps
@@ -57,3 +59,27 @@ def test_disconnect_while_the_app_waits(serve, protocol):
         await c.wait(lambda: "http.disconnect" in seen, "http.disconnect at the app")
     serve(apps.wait_for_disconnect(seen), scenario)
     assert seen == ["http.request", "http.disconnect"]
+
+
+@on(*ALL)
+def test_connection_lost_while_the_app_is_blocked_sending(serve, protocol):
+    """The client stops reading, so the app ends up waiting in send() on
+    backpressure; then the whole connection goes.  The blocked send() must
+    fail (not hang), the app hears http.disconnect, and nothing is left."""
+    log: list = []
+    sent: list[int] = []
+
+    async def scenario(c: Driver) -> None:
+        ex = await c.open("GET", "/download")
+        await c.wait(lambda: len(ex.response.body) >= 65536, "the first chunks")
+        c.stall()
+        await c.quiesce()
+        blocked_at = sent[0]
+        await c.quiesce()
+        for _ in range(50):
+            await asyncio.sleep(0)
+        assert sent[0] == blocked_at and log == [], "the app should be blocked in send()"
+        c.drop_connection()
+        await c.wait(lambda: len(log) == 2, "the blocked app to notice")
+    serve(capps.stream_until_gone(log, limit=2000, size=65536, sent=sent), scenario)
+    assert log == ["send failed", "http.disconnect"]
