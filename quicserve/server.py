@@ -444,19 +444,24 @@ class Server:
         drained = await self._drain(self.config.graceful_timeout)
         if not drained:
             self._abort_rest()
+            # Aborted connections and cancelled tasks finish their cleanup
+            # (finally blocks, connection_lost) before the lifespan shutdown.
+            if not await self._drain(_ABORT_GRACE, forced_ends_wait=False):
+                error_log.warning("some connections or tasks did not end after the abort")
         forced = self._forced is not None and self._forced.is_set()
         if self._lifespan is not None and not forced:
             await self._lifespan.shutdown()
         error_log.info("quicserve stopped (pid %d)", os.getpid())
 
-    async def _drain(self, timeout: float) -> bool:
+    async def _drain(self, timeout: float, *, forced_ends_wait: bool = True) -> bool:
         """Wait until every listener closed and no stream is active; False when
         the deadline passed or a forced shutdown cut the wait short."""
         waiters: list[Awaitable[None]] = [l.wait_closed() for l in self._listeners]
         if self._dispatcher is not None:
             waiters.append(self._dispatcher.wait_idle())
         drain = asyncio.ensure_future(asyncio.gather(*waiters))
-        forced = asyncio.ensure_future(self._forced.wait()) if self._forced else None
+        forced = (asyncio.ensure_future(self._forced.wait())
+                  if self._forced is not None and forced_ends_wait else None)
         pending = {drain} | ({forced} if forced else set())
         try:
             done, _ = await asyncio.wait(pending, timeout=timeout,
