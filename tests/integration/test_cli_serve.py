@@ -237,3 +237,12 @@ def _body_or_none(path: str) -> bytes | None:
     except OSError:
         return None
     return body if status == 200 else None
+
+
+@pytest.mark.skipif(importlib.util.find_spec("watchfiles") is not None,
+                    reason="watchfiles is installed")
+def test_reload_without_watchfiles_says_how_to_get_it() -> None:
+    with ServerProcess(APP, "--reload", *LOCAL) as server:
+        code = server.wait()
+    assert code == 1
+    assert "--reload needs watchfiles: pip install 'quicserve[reload]'" in server.stderr
