@@ -129,6 +129,17 @@ def response_headers(raw: Iterable[Any], state: str, message_type: str) -> list[
     return headers
 
 
+def _promised_length(status: int, headers: list[tuple[bytes, bytes]], head_only: bool) -> int | None:
+    """The body length the app's Content-Length header promises, when it must
+    be honoured (never for HEAD, 204 and 304, whose bodies are empty anyway)."""
+    if head_only or status in (204, 304):
+        return None
+    for name, value in headers:
+        if name == b"content-length":
+            return int(value) if value.isdigit() else None
+    return None
+
+
 class HTTPStream:
     """One request on any protocol, served by the ASGI app.
 
@@ -144,7 +155,7 @@ class HTTPStream:
         "_ctx", "_sink", "_head", "_conn", "_scope", "_state", "_status", "_headers",
         "_trailers", "_pending_trailers", "_body", "_body_complete", "_final_delivered",
         "_disconnected", "_app_done", "_expect_continue", "_event", "_error",
-        "_started_at", "_sent_status", "_sent_bytes",
+        "_started_at", "_sent_status", "_sent_bytes", "_head_only", "_remaining",
     )
 
     def __init__(self, ctx: StreamContext, sink: StreamSink) -> None:
@@ -170,6 +181,10 @@ class HTTPStream:
         self._started_at = 0.0
         self._sent_status = 0
         self._sent_bytes = 0
+        #: A HEAD request: the app's body is counted but never written.
+        self._head_only = False
+        #: Body bytes the app's Content-Length still promises (None: no promise).
+        self._remaining: int | None = None
 
     # -- protocol -> stream ----------------------------------------------------
 
@@ -177,6 +192,7 @@ class HTTPStream:
         self._head = head
         self._conn = conn
         self._started_at = self._ctx.clock()
+        self._head_only = head.method == "HEAD"
         self._scope = self._ctx.scopes.http(head, conn, self._ctx.state)
         if conn.http_version != "1.0":
             self._expect_continue = any(
@@ -254,6 +270,7 @@ class HTTPStream:
         self._status = status
         self._headers = headers
         self._trailers = bool(message.get("trailers", False))
+        self._remaining = _promised_length(status, headers, self._head_only)
 
     async def _send_body(self, message: Message) -> None:
         kind = "http.response.body"
@@ -267,15 +284,31 @@ class HTTPStream:
             event = _Event.BODY_END
         if type(body) is not bytes:
             body = self._as_bytes(body, kind)
+        if self._remaining is not None:
+            self._check_length(len(body), more, kind)
         previous = self._transition(event, kind)
         if previous is ResponseState.STARTED:
             self._sent_status = self._status
             self._sink.send_head(self._status, self._headers)
+        if self._head_only:
+            body = b""
         if body or event is _Event.BODY_END:
             self._sent_bytes += len(body)
             await self._write(body, event is _Event.BODY_END)
         if self._state is ResponseState.DONE:
             self._response_done()
+
+    def _check_length(self, size: int, more: bool, kind: str) -> None:
+        """Hold the app to its Content-Length, so that one bad response resets
+        its own stream on every protocol instead of breaking the connection."""
+        promised = self._remaining if self._remaining is not None else 0
+        if size > promised or (not more and size < promised):
+            raise ASGIProtocolError(
+                self._state.name,
+                f"{kind} (body does not match content-length: "
+                f"{'more' if size > promised else 'less'} than declared)",
+            )
+        self._remaining = promised - size
 
     def _send_trailers(self, message: Message) -> None:
         kind = "http.response.trailers"
