@@ -79,6 +79,9 @@ class Group:
     #: e.g. ("quicserve", 1.2): quicserve must reach 1.2x the baseline.
     target: tuple[str, float] | None = None
     higher_is_better: bool = True
+    #: For rate figures from fixed-length runs: seconds per run, so the table
+    #: can show work per server CPU-second too (steadier on a busy machine).
+    run_seconds: float | None = None
 
     def measurement(self, server: str) -> Measurement:
         return self.measurements.setdefault(server, Measurement(server))
@@ -311,15 +314,31 @@ def _fmt(value: float) -> str:
     return f"{value:,.1f}"
 
 
+def per_cpu_second(group: Group, m: Measurement) -> float | None:
+    """Median over rounds of (figure × run length / server CPU seconds)."""
+    if group.run_seconds is None or not m.cpu or len(m.cpu) != len(m.values):
+        return None
+    rates = [v * group.run_seconds / c for v, c in zip(m.values, m.cpu) if c > 0]
+    return statistics.median(rates) if rates else None
+
+
 def table(group: Group) -> list[str]:
-    header = f"| server | median {group.unit} | rounds | errors | server CPU s/round | vs {group.baseline} |"
-    lines = [header, "|---|---:|---|---:|---:|---:|"]
+    efficiency = group.run_seconds is not None
+    header = (f"| server | median {group.unit} | rounds | errors | server CPU s/round |"
+              + (f" {group.unit.split('/')[0]} per CPU-s |" if efficiency else "")
+              + f" vs {group.baseline} |")
+    lines = [header, "|---|---:|---|---:|---:|" + ("---:|" if efficiency else "") + "---:|"]
     for name, m in group.measurements.items():
         ratio = group.ratio(name)
         rounds = " / ".join(_fmt(v) for v in m.values)
         cpu = f"{statistics.median(m.cpu):.1f}" if m.cpu else "—"
         shown = f"{ratio:.2f}×" if ratio is not None else "—"
-        lines.append(f"| {name} | {_fmt(m.median)} | {rounds} | {m.errors} | {cpu} | {shown} |")
+        extra = ""
+        if efficiency:
+            rate = per_cpu_second(group, m)
+            extra = f" {_fmt(rate)} |" if rate is not None else " — |"
+        lines.append(f"| {name} | {_fmt(m.median)} | {rounds} | {m.errors} | {cpu} |{extra}"
+                     f" {shown} |")
     if group.target is not None:
         server, wanted = group.target
         met = group.target_met()

@@ -50,6 +50,7 @@ def run(ctx: BenchContext) -> list[Group]:
         command=f"wrk -t{THREADS} -c{CONNECTIONS} -d{duration:g}s http://127.0.0.1:PORT/",
         baseline="uvicorn",
         target=("quicserve", 1.2),
+        run_seconds=duration,
     )
     running = servers(ctx)
     try:
