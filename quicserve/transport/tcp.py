@@ -313,10 +313,11 @@ class TcpConnection(asyncio.Protocol):
             self._timer = None
         self._deadline = None
         self._fail_waiters()
-        adapter = self._adapter
-        self._listener.connection_lost(self)
-        if adapter is not None:
-            adapter.connection_lost()
+        try:
+            if self._adapter is not None:
+                self._adapter.connection_lost()  # streams hear http.disconnect first
+        finally:
+            self._listener.connection_lost(self)
 
     def pause_writing(self) -> None:
         self._write_paused = True
