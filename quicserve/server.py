@@ -555,12 +555,15 @@ def run_config(config: Config, *, app: AppArg = None,
                worker: WorkerContext | None = None) -> int:
     """Run a server from a complete Config (the CLI's entry); the exit status.
 
-    With ``--workers`` > 1 this hands over to ``supervisor.run(config)``, which
-    calls it back in every worker process with ``worker`` set.
+    With ``--workers`` > 1 or ``--max-requests`` this hands over to
+    ``supervisor.run(config)``, which calls it back in every worker process
+    with ``worker`` set.
     """
     log.configure(level=config.log_level, access_log=config.access_log,
                   access_logfile=config.access_logfile)
-    if config.workers > 1 and worker is None:
+    if worker is None and (config.workers > 1 or config.max_requests is not None):
+        # --max-requests recycles the serving process, so even one worker
+        # needs the supervisor to start its replacement on the same sockets.
         return _run_workers(config, app)
     try:
         loop_factory = _loop_factory(config.loop)
@@ -590,8 +593,7 @@ async def _serve_process(app: AppArg, config: Config, worker: WorkerContext | No
 
 def _run_workers(config: Config, app: AppArg) -> int:
     if app is not None and not isinstance(app, str):
-        error_log.error("--workers %d needs the app as module:attr, not an object",
-                        config.workers)
+        error_log.error("--workers/--max-requests need the app as module:attr, not an object")
         return EXIT_USAGE
     if isinstance(app, str):
         config = config.replace(app=app)
