@@ -26,9 +26,11 @@ the client's.  What happens in between is decided by an :class:`Impairment`
 * ``rebind_first`` / ``rebind_every``: replace the upstream socket with a new
   one on a new port (NAT port rebinding), or also a new loopback address
   (``rebind_addr``: 127.0.0.2, 127.0.0.3, ... on IPv4), first after
-  ``rebind_first`` seconds and then every ``rebind_every`` seconds.  The old
-  socket is closed, so the server's datagrams to the old path are lost, as
-  behind a real NAT.
+  ``rebind_first`` seconds and then every ``rebind_every`` seconds.  The
+  client's datagrams take the new path at once.  The old socket is closed
+  after ``rebind_grace`` seconds (a NAT's old mapping lingers briefly), after
+  which the server's datagrams to the old path are lost; the server must
+  validate the new path either way.
 
 The relay also reads the first byte of each datagram to watch the handshake
 (long-header packet types, v1 and v2 encodings) for the amplification check:
@@ -77,6 +79,11 @@ class Impairment:
     rebind_first: float = 0.0
     rebind_every: float = 0.0
     rebind_addr: bool = False
+    #: Seconds the old upstream socket still delivers the server's datagrams
+    #: after a rebind (a NAT's old mapping lingering).  Without it, a client
+    #: that only receives would never speak again after a rebind whose
+    #: in-flight data all went to the dead mapping, and both ends would wait.
+    rebind_grace: float = 0.5
     seed: int = 1
 
 
@@ -182,6 +189,8 @@ class Relay:
         self._to_client = _Direction(rng, self.impairment)
         self._listen: asyncio.DatagramTransport | None = None
         self._upstreams: dict[Address, _Upstream] = {}
+        #: Upstream sockets replaced by a rebind, closed after the grace period.
+        self._retired: list[_Upstream] = []
         #: Datagrams from a new client waiting for its upstream socket.
         self._pending: dict[Address, list[bytes]] = {}
         self._handles: list[asyncio.TimerHandle] = []
@@ -219,10 +228,11 @@ class Relay:
         self._handles.clear()
         if self._listen is not None:
             self._listen.close()
-        for upstream in self._upstreams.values():
+        for upstream in [*self._upstreams.values(), *self._retired]:
             if upstream.transport is not None:
                 upstream.transport.close()
         self._upstreams.clear()
+        self._retired.clear()
         self._closed.set()
 
     async def wait_closed(self) -> None:
@@ -304,7 +314,9 @@ class Relay:
         self._upstreams[client] = protocol
         self.stats.paths.append(transport.get_extra_info("sockname"))
         if old is not None and old.transport is not None:
-            old.transport.close()
+            self._handles.append(loop.call_later(self.impairment.rebind_grace,
+                                                 old.transport.close))
+            self._retired.append(old)
 
     def _rebind_all(self) -> None:
         self.stats.rebinds += 1

@@ -64,12 +64,18 @@ def test_every_case_maps_to_a_server_command(case: Any) -> None:
         assert ("--quic-retry" in argv) == (testcase == "retry")
 
 
+def _options(argv: list[str]) -> dict[str, str]:
+    """``--flag value`` pairs of a command line (flags without a value skipped)."""
+    return {flag: value for flag, value in zip(argv, argv[1:])
+            if flag.startswith("--") and not value.startswith("--")}
+
+
 def test_defaults_and_overrides() -> None:
     result = endpoint({"TESTCASE": "handshake", "RUN_ENDPOINT_DRY_RUN": "1",
                        "QLOGDIR": "", "SSLKEYLOGFILE": ""})
     argv = result.stdout.splitlines()
     assert argv[0] == "quicserve"
-    pairs = dict(zip(argv[1::2], argv[2::2]))
+    pairs = _options(argv)
     assert pairs["--static"] == "/www"
     assert pairs["--quic-bind"] == "[::]:443"
     assert pairs["--certfile"] == "/certs/cert.pem"
@@ -79,7 +85,7 @@ def test_defaults_and_overrides() -> None:
                        "QUICSERVE_PYTHON": "/usr/bin/python3", "QLOGDIR": "/tmp/q"})
     argv = result.stdout.splitlines()
     assert argv[:3] == ["/usr/bin/python3", "-m", "quicserve"]
-    pairs = dict(zip(argv[3::2], argv[4::2]))
+    pairs = _options(argv)
     assert pairs["--static"] == "/srv/w"
     assert pairs["--quic-bind"] == "127.0.0.1:8443"
     assert pairs["--certfile"] == "/c/cert.pem"

@@ -144,10 +144,10 @@ CASES: tuple[Case, ...] = (
          impairment=Impairment(delay=0.005, blackhole_on=2.0, blackhole_off=1.0),
          expect=Expect(impaired=True), timeout=120.0),
     Case(name="rebind-port", server_testcase="transfer", sizes=(10 * MB,),
-         impairment=Impairment(delay=0.005, rebind_first=0.3, rebind_every=0.5),
+         impairment=Impairment(delay=0.005, rebind_first=0.5, rebind_every=1.0),
          expect=Expect(path_challenge=True), timeout=120.0),
     Case(name="rebind-addr", server_testcase="transfer", sizes=(10 * MB,),
-         impairment=Impairment(delay=0.005, rebind_first=0.3, rebind_every=0.5,
+         impairment=Impairment(delay=0.005, rebind_first=0.5, rebind_every=1.0,
                                rebind_addr=True),
          expect=Expect(path_challenge=True, new_address=True), timeout=120.0),
 )
