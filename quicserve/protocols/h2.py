@@ -312,6 +312,8 @@ class H2Adapter:
         self._timer_deadline: float | None = None
         #: Streams waiting on a zero window -> since when.
         self._stalls: dict[int, float] = {}
+        #: Streams the current read both opens and resets.
+        self._doomed: set[int] = set()
         #: False after an h2c Upgrade until the client's preface and SETTINGS
         #: arrive: until then the client still parses HTTP/1.1 and buffers
         #: what follows the 101 (curl only 32 KiB), so DATA waits.
@@ -344,6 +346,9 @@ class H2Adapter:
             error_logger.debug("HTTP/2 connection error from %s: %s", self._conn.client, exc)
             self._close(abort_reason="connection error", goaway=None)
             return None
+        # Streams opened and reset within the same read (rapid reset) are
+        # never dispatched: the application does no work for them.
+        self._doomed = {e.stream_id for e in events if type(e) is h2.events.StreamReset}
         dispatch = self._dispatch
         for event in events:
             if self._is_closed():
@@ -476,6 +481,8 @@ class H2Adapter:
 
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
+        if stream_id in self._doomed:
+            return
         if self._state is not _ConnState.OPEN:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return

@@ -332,6 +332,30 @@ class _H2Socket:
             await self.wait(lambda: self.conn.local_flow_control_window(stream_id) > 0)
         await self.writer.drain()
 
+    async def request(self, method: str = "GET", path: str = "/", *, body: bytes = b"",
+                      authority: str = "localhost", timeout: float = 10.0
+                      ) -> tuple[int, list[Header], bytes]:
+        """One request on a new stream: (status, headers, body)."""
+        await self.wait(lambda: self.settings_received.is_set(), timeout)
+        stream_id = self.conn.get_next_available_stream_id()
+        pending = _PendingResponse(stream_id, acknowledge=self.conn)
+        self.handlers.append(pending.handle)
+        scheme = b"https" if self.writer.get_extra_info("ssl_object") is not None else b"http"
+        self.conn.send_headers(stream_id, [
+            (b":method", method.encode()), (b":scheme", scheme),
+            (b":authority", authority.encode()), (b":path", path.encode())],
+            end_stream=not body)
+        self.flush()
+        if body:
+            await self.send_data(stream_id, body, end=True)
+        try:
+            await self.wait(lambda: pending.ended or pending.reset is not None, timeout)
+        finally:
+            self.handlers.remove(pending.handle)
+        if pending.reset is not None or pending.headers is None:
+            raise ConnectionError(f"stream {stream_id} reset with {pending.reset}")
+        return int(dict(pending.headers)[b":status"]), pending.headers, bytes(pending.body)
+
     async def close(self) -> None:
         if not self.closed and not self.writer.is_closing():
             try:
@@ -514,8 +538,10 @@ class WebSocketClosed(Exception):
 
 
 class _PendingResponse:
-    def __init__(self, stream_id: int) -> None:
+    def __init__(self, stream_id: int,
+                 acknowledge: h2.connection.H2Connection | None = None) -> None:
         self.stream_id = stream_id
+        self.acknowledge = acknowledge
         self.headers: list[Header] | None = None
         self.body = bytearray()
         self.ended = False
@@ -528,6 +554,9 @@ class _PendingResponse:
             self.headers = list(event.headers or ())
         elif isinstance(event, h2.events.DataReceived):
             self.body += event.data or b""
+            if self.acknowledge is not None and event.flow_controlled_length:
+                self.acknowledge.acknowledge_received_data(event.flow_controlled_length,
+                                                           self.stream_id)
         elif isinstance(event, h2.events.StreamEnded):
             self.ended = True
         elif isinstance(event, h2.events.StreamReset):
@@ -624,7 +653,12 @@ class RawH2:
             return False
 
     async def read_until_closed(self, timeout: float = 10.0, limit: int = 1 << 24) -> bytes:
-        """Read until EOF (or ``limit`` bytes or the timeout); returns what came."""
+        """Read until EOF (or ``limit`` bytes or the timeout); returns what came.
+
+        ``eof`` is set when the server closed, by FIN or by reset (a server
+        that closes with our flood unread in its buffer makes the kernel send
+        RST, which may also discard the GOAWAY it wrote before).
+        """
         try:
             async with asyncio.timeout(timeout):
                 while len(self.received) < limit:
@@ -633,7 +667,9 @@ class RawH2:
                         self.eof = True
                         break
                     self.received += chunk
-        except (TimeoutError, ConnectionError, ssl.SSLError):
+        except (ConnectionError, ssl.SSLError):
+            self.eof = True
+        except TimeoutError:
             pass
         return bytes(self.received)
 

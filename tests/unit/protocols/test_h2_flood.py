@@ -210,6 +210,19 @@ def test_rapid_reset_gets_goaway() -> None:
     assert len(factory.handlers) <= 21
 
 
+def test_streams_opened_and_reset_in_one_read_never_reach_the_app() -> None:
+    link, client, factory = open_adapter()
+    for _ in range(10):
+        stream_id = client.request("GET", "/")
+        client.conn.reset_stream(stream_id)
+    client.exchange()
+    assert not factory.handlers
+    kept = client.request("GET", "/kept")
+    client.exchange()
+    assert len(factory.handlers) == 1 and factory.last.head.target == b"/kept"
+    assert not link.closed
+
+
 def test_streams_reset_by_the_server_count_too() -> None:
     """Malformed requests the server must reset (MadeYouReset) share the budget."""
     link, client, factory = open_adapter(h2_max_resets_per_window=20)
