@@ -43,7 +43,8 @@ and the table ``_PHASES``; the phase alone decides what the one timer means::
 Each request gets one :class:`H11Exchange`, the :class:`StreamSink` of its
 stream; its response side is the small state machine :class:`ResponseState`.
 A final head is held until the first ``send_body``/``send_trailers`` so that
-a small response leaves in one ``transport.write``.
+a small response leaves in one ``transport.write`` (``send_body(b"", False)``
+flushes the head alone, for streams that want the head out before any body).
 
 Backpressure.  Read: the bytes given to the stream and not yet credited back
 (``sink.credit``) are counted; above ``stream_high_water`` reading pauses.
@@ -426,7 +427,7 @@ class H11Adapter:
 
     __slots__ = (
         "ctx", "transport", "_conn", "_conn10", "_h2c", "phase", "exchange", "_parser",
-        "_max_head", "_high_water", "_secure_alt_svc", "_held", "_unconsumed", "_paused",
+        "_max_head", "_high_water", "_held", "_unconsumed", "_paused",
         "_pipelined", "_drained", "_preface", "_first", "_upgrade", "_upgrade_body",
         "shutting_down", "_close_after_write", "_fed",
     )

@@ -245,6 +245,17 @@ def test_unknown_length_on_http11_is_chunked() -> None:
     assert not h.link.closed
 
 
+def test_empty_body_write_flushes_the_held_head() -> None:
+    h = Harness()
+    h.get()
+    h.stream.sink.send_head(200, [(b"content-type", b"text/event-stream")])
+    run_now(h.stream.sink.send_body(b"", False))
+    out = h.link.take()
+    assert out.startswith(b"HTTP/1.1 200 OK\r\n") and out.endswith(b"\r\n\r\n")
+    run_now(h.stream.sink.send_body(b"data: 1\n\n", False))
+    assert h.link.take() == b"9\r\ndata: 1\n\n\r\n"
+
+
 def test_app_transfer_encoding_is_replaced_by_our_framing() -> None:
     h = Harness()
     h.get()
