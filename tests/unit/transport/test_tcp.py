@@ -530,3 +530,17 @@ def test_out_of_file_descriptors_backs_off_and_recovers(loop: str, tmp_path: Any
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_tls_encrypted_key_needs_the_right_password(certs: CertSet, tmp_path: Any) -> None:
+    from cryptography.hazmat.primitives import serialization
+
+    key = serialization.load_pem_private_key(certs.key.read_bytes(), password=None)
+    encrypted = tmp_path / "encrypted.key"
+    encrypted.write_bytes(key.private_bytes(
+        serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"s3cret")))
+    context = server_tls(certs, keyfile=str(encrypted), password="s3cret")
+    assert isinstance(context, ssl.SSLContext)
+    with pytest.raises(TLSConfigError, match="encrypted.key"):
+        server_tls(certs, keyfile=str(encrypted), password="wrong")
