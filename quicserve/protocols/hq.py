@@ -40,10 +40,13 @@ Mapping onto the ASGI side:
   application error code** (404 -> RESET_STREAM 404), so a client never
   stores an error page as the file it asked for.  The app's body for such a
   response is accepted and dropped, so the app sees no error.
-* ``send_body`` waits while the stream's unacknowledged bytes
-  (``session.stream_send_buffered``) are at or above
-  ``options.stream_high_water``: a response is never buffered whole.  The
-  waiter is woken by :meth:`on_send_capacity`.
+* ``send_body`` waits while the stream's bytes not yet sent even once
+  (``session.stream_send_pending``) are at or above
+  ``options.stream_high_water``: a response is never buffered whole, while
+  the bytes in flight are left to congestion and flow control (counting them
+  too would cap throughput at high_water / RTT).  The waiter is woken by
+  :meth:`on_send_capacity`.  A graceful close waits until every finished
+  stream's bytes are acknowledged (``session.stream_send_buffered``).
 * Trailers cannot be expressed: ``send_trailers`` just ends the stream.
 * Client RESET_STREAM before the request line is complete drops the stream;
   STOP_SENDING or a lost connection aborts the app's stream
@@ -297,7 +300,7 @@ class _HqStream:
     async def _wait_writable(self) -> None:
         adapter = self._adapter
         while (self.state is StreamState.RESPONDING
-               and adapter._session.stream_send_buffered(self.stream_id) >= adapter._high_water):
+               and adapter._session.stream_send_pending(self.stream_id) >= adapter._high_water):
             if self._writable is None:
                 self._writable = asyncio.Event()
             self._writable.clear()
@@ -308,7 +311,7 @@ class _HqStream:
         if writable is None or writable.is_set():
             return
         adapter = self._adapter
-        if adapter._session.stream_send_buffered(self.stream_id) < adapter._high_water:
+        if adapter._session.stream_send_pending(self.stream_id) < adapter._high_water:
             writable.set()
 
     def send_trailers(self, headers: Headers) -> None:
@@ -339,8 +342,8 @@ class HqAdapter:
 
     Resource handling: one small object per open request stream, dropped when
     the stream closes; the request line buffer is bounded by
-    ``options.h11_max_incomplete_size``; response bytes queued on a stream are
-    bounded by ``options.stream_high_water`` plus one chunk.
+    ``options.h11_max_incomplete_size``; unsent response bytes queued on a
+    stream are bounded by ``options.stream_high_water`` plus one chunk.
     """
 
     def __init__(self, *, ctx: ConnectionContext, quic: Any, session: QuicSessionHandle) -> None:

@@ -76,6 +76,13 @@ class MemorySession:
             return 0
         return int(stream.sender._buffer_stop - stream.sender._buffer_start)
 
+    def stream_send_pending(self, stream_id: int) -> int:
+        # Bytes written but never sent: the end of the buffer minus the highest offset sent.
+        stream = self.quic._streams.get(stream_id)
+        if stream is None:
+            return 0
+        return max(0, int(stream.sender._buffer_stop - stream.sender.highest_offset))
+
     def in_early_data(self) -> bool:
         return self.early
 
@@ -359,19 +366,23 @@ def test_scope_seen_by_the_app(certs: CertSet) -> None:
     run(main())
 
 
-def test_send_body_waits_for_acknowledgements(certs: CertSet, www: Path) -> None:
-    """While the client acknowledges nothing, the server holds at most the
-    high-water mark (plus one chunk) of the response; the rest follows once
-    the datagrams flow again."""
+def test_send_body_waits_while_data_is_unsent(certs: CertSet, www: Path) -> None:
+    """While nothing leaves the server, it holds at most the high-water mark
+    (plus one chunk) of the response; the rest follows once datagrams flow."""
     async def main() -> None:
         pair = Pair(certs, StaticFiles(www), options=Config(stream_high_water=65536))
         await _connect(pair)
         sid = pair.get("/big")
         pair.pump(rounds=1)  # the request reaches the server; nothing flows back after this
-        for _ in range(200):
-            await asyncio.sleep(0)
-        buffered = pair.session.stream_send_buffered(sid)
-        assert 0 < buffered <= 65536 + 64 * 1024
+        for _ in range(200):  # real sleeps: the app reads the file in a thread
+            await asyncio.sleep(0.005)
+            if pair.session.stream_send_pending(sid) >= 65536:
+                break
+        for _ in range(20):
+            await asyncio.sleep(0.005)  # give a non-blocking sender the chance to overrun
+        pending = pair.session.stream_send_pending(sid)
+        assert 65536 <= pending <= 65536 + 64 * 1024
+        assert pair.session.stream_send_buffered(sid) == pending
         await pair.settle(lambda: pair.finished(sid))
         assert hashlib.sha256(pair.bodies[sid]).digest() == \
             hashlib.sha256((www / "big").read_bytes()).digest()
@@ -397,17 +408,19 @@ def test_connection_lost_aborts_a_blocked_sender(certs: CertSet, www: Path) -> N
     async def main() -> None:
         pair = Pair(certs, StaticFiles(www))
         await _connect(pair)
-        pair.get("/big")
+        sid = pair.get("/big")
         pair.pump(rounds=1)
-        for _ in range(200):
-            await asyncio.sleep(0)
-        assert pair.stats.app_tasks == 1  # blocked in send_body
+        for _ in range(400):  # until the app is blocked in send_body
+            await asyncio.sleep(0.005)
+            if pair.session.stream_send_pending(sid) >= pair.options.stream_high_water:
+                break
+        assert pair.stats.app_tasks == 1
         assert pair.adapter is not None
         pair.adapter.connection_lost()
-        for _ in range(200):
+        for _ in range(400):
             if pair.stats.streams == 0:
                 break
-            await asyncio.sleep(0)
+            await asyncio.sleep(0.005)
         assert pair.stats.streams == 0 and pair.stats.app_tasks == 0
         assert pair.adapter.active_streams() == 0
     run(main())
