@@ -378,90 +378,52 @@ class _H2Socket:
 
 @dataclass
 class Denial:
-    """An extended CONNECT answered with something other than 200."""
+    """A WebSocket handshake answered with something other than acceptance."""
 
     status: int
     headers: list[Header]
     body: bytes
 
 
-class H2WebSocket:
-    """A WebSocket over one HTTP/2 stream (RFC 8441), framed with wsproto.
+class WebSocketClosed(Exception):
+    def __init__(self, code: int, reason: str) -> None:
+        super().__init__(f"closed with {code} {reason!r}")
+        self.code = code
+        self.reason = reason
 
-    Use :meth:`connect`; then ``send``/``recv``/``close``.  ``recv`` returns a
-    ``str`` or ``bytes`` message, or raises :class:`WebSocketClosed` with the
-    close code the server sent.
+
+class WebSocketOverStream:
+    """A WebSocket framed with wsproto over one HTTP stream (RFC 8441 on H2,
+    RFC 9220 on H3).  Subclasses move the bytes: ``_write`` (awaits flow
+    control) and ``_write_now`` (small control frames, from the receive path).
+
+    ``recv`` returns a ``str`` or ``bytes`` message, or raises
+    :class:`WebSocketClosed` with the close code the server sent.
     """
 
-    def __init__(self, sock: _H2Socket, stream_id: int, response: list[Header]) -> None:
-        self.sock = sock
-        self.stream_id = stream_id
+    def __init__(self, response: list[Header]) -> None:
         self.response_headers = response
         self.subprotocol = dict(response).get(b"sec-websocket-protocol", b"").decode() or None
         self.ws = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
         self.messages: asyncio.Queue[str | bytes | WebSocketClosed] = asyncio.Queue()
         self._text: list[str] = []
         self._binary: list[bytes] = []
-        self.stream_ended = False
-        self.reset_code: int | None = None
 
-    @classmethod
-    async def connect(cls, host: str, port: int, path: str = "/", *,
-                      ssl_context: ssl.SSLContext | None = None,
-                      subprotocols: Sequence[str] = (),
-                      headers: Sequence[Header] = (),
-                      authority: str = "localhost") -> H2WebSocket | Denial:
-        sock = await _H2Socket.open(host, port, ssl_context=ssl_context)
-        await sock.wait(lambda: sock.settings_received.is_set())
-        if sock.conn.remote_settings.enable_connect_protocol != 1:
-            await sock.close()
-            raise ConnectionError("the server did not send SETTINGS_ENABLE_CONNECT_PROTOCOL=1")
-        stream_id = sock.conn.get_next_available_stream_id()
-        fields: list[Header] = [
-            (b":method", b"CONNECT"), (b":protocol", b"websocket"),
-            (b":scheme", b"https" if ssl_context is not None else b"http"),
-            (b":path", path.encode()), (b":authority", authority.encode()),
-            (b"sec-websocket-version", b"13"),
-        ]
-        if subprotocols:
-            fields.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode()))
-        fields.extend(headers)
-        pending = _PendingResponse(stream_id)
-        sock.handlers.append(pending.handle)
-        sock.conn.send_headers(stream_id, fields)
-        sock.flush()
-        await sock.wait(lambda: pending.headers is not None or pending.reset is not None)
-        if pending.reset is not None:
-            await sock.close()
-            raise ConnectionError(f"extended CONNECT reset with code {pending.reset}")
-        assert pending.headers is not None
-        status = int(dict(pending.headers)[b":status"])
-        if status != 200:
-            await sock.wait(lambda: pending.ended or pending.reset is not None)
-            sock.handlers.remove(pending.handle)
-            await sock.close()
-            return Denial(status, pending.headers, bytes(pending.body))
-        sock.handlers.remove(pending.handle)
-        socket_ws = cls(sock, stream_id, pending.headers)
-        sock.handlers.append(socket_ws._handle)
-        if pending.body:
-            socket_ws._feed(bytes(pending.body))
-        return socket_ws
+    # -- transport hooks ----------------------------------------------------------------
 
-    def _handle(self, event: h2.events.Event) -> None:
-        if getattr(event, "stream_id", None) != self.stream_id:
-            return
-        if isinstance(event, h2.events.DataReceived):
-            self.sock.conn.acknowledge_received_data(event.flow_controlled_length or 0,
-                                                     self.stream_id)
-            self._feed(event.data or b"")
-        elif isinstance(event, h2.events.StreamEnded):
-            self.stream_ended = True
-        elif isinstance(event, h2.events.StreamReset):
-            self.reset_code = int(event.error_code or 0)
-            self.messages.put_nowait(WebSocketClosed(1006, "stream reset"))
+    async def _write(self, data: bytes, *, end: bool = False) -> None:
+        raise NotImplementedError
 
-    def _feed(self, data: bytes) -> None:
+    def _write_now(self, data: bytes, *, end: bool = False) -> None:
+        raise NotImplementedError
+
+    async def _shutdown(self) -> None:
+        raise NotImplementedError
+
+    # -- framing ----------------------------------------------------------------------------
+
+    def feed(self, data: bytes) -> None:
+        """Bytes of the stream from the server."""
         self.ws.receive_data(data)
         for event in self.ws.events():
             if isinstance(event, wsproto.events.TextMessage):
@@ -475,25 +437,21 @@ class H2WebSocket:
                     self.messages.put_nowait(b"".join(self._binary))
                     self._binary.clear()
             elif isinstance(event, wsproto.events.Ping):
-                self._send_now(self.ws.send(event.response()))
+                self._write_now(self.ws.send(event.response()))
             elif isinstance(event, wsproto.events.CloseConnection):
                 if self.ws.state is wsproto.connection.ConnectionState.REMOTE_CLOSING:
-                    self._send_now(self.ws.send(event.response()), end=True)
+                    self._write_now(self.ws.send(event.response()), end=True)
                 self.messages.put_nowait(WebSocketClosed(event.code, event.reason or ""))
 
-    def _send_now(self, data: bytes, *, end: bool = False) -> None:
-        # Control frames are tiny; the windows always have room for them.
-        if self.sock.closed:
-            return
-        self.sock.conn.send_data(self.stream_id, data, end_stream=end)
-        self.sock.flush()
+    def stream_reset(self, code: int) -> None:
+        self.messages.put_nowait(WebSocketClosed(1006, f"stream reset ({code})"))
 
     async def send(self, message: str | bytes) -> None:
         if isinstance(message, str):
             data = self.ws.send(wsproto.events.TextMessage(data=message))
         else:
             data = self.ws.send(wsproto.events.BytesMessage(data=message))
-        await self.sock.send_data(self.stream_id, data)
+        await self._write(data)
 
     async def send_fragments(self, fragments: Iterable[str | bytes]) -> None:
         """One message in several frames (message_finished only on the last)."""
@@ -505,7 +463,7 @@ class H2WebSocket:
                     data=part, message_finished=last)
             else:
                 event = wsproto.events.BytesMessage(data=part, message_finished=last)
-            await self.sock.send_data(self.stream_id, self.ws.send(event))
+            await self._write(self.ws.send(event))
 
     async def recv(self, timeout: float = 10.0) -> str | bytes:
         async with asyncio.timeout(timeout):
@@ -514,27 +472,111 @@ class H2WebSocket:
             raise item
         return item
 
-    async def close(self, code: int = 1000, reason: str = "", timeout: float = 10.0) -> WebSocketClosed:
+    async def close(self, code: int = 1000, reason: str = "",
+                    timeout: float = 10.0) -> WebSocketClosed:
         """Close and wait for the server's close frame; returns its code/reason."""
-        data = self.ws.send(wsproto.events.CloseConnection(code=code, reason=reason))
-        await self.sock.send_data(self.stream_id, data, end=True)
+        await self._write(self.ws.send(wsproto.events.CloseConnection(code=code, reason=reason)),
+                          end=True)
         async with asyncio.timeout(timeout):
             while True:
                 item = await self.messages.get()
                 if isinstance(item, WebSocketClosed):
                     break
-        await self.sock.close()
+        await self._shutdown()
+        return item
+
+    async def wait_closed(self, timeout: float = 10.0) -> WebSocketClosed:
+        """Wait for the server to close (messages before it are dropped)."""
+        async with asyncio.timeout(timeout):
+            while True:
+                item = await self.messages.get()
+                if isinstance(item, WebSocketClosed):
+                    break
+        await self._shutdown()
         return item
 
     async def abandon(self) -> None:
+        await self._shutdown()
+
+
+class H2WebSocket(WebSocketOverStream):
+    """A WebSocket over one HTTP/2 stream: extended CONNECT (RFC 8441)."""
+
+    def __init__(self, sock: _H2Socket, stream_id: int, response: list[Header]) -> None:
+        super().__init__(response)
+        self.sock = sock
+        self.stream_id = stream_id
+
+    @classmethod
+    async def connect(cls, host: str, port: int, path: str = "/", *,
+                      ssl_context: ssl.SSLContext | None = None,
+                      subprotocols: Sequence[str] = (),
+                      headers: Sequence[Header] = (),
+                      authority: str = "localhost") -> H2WebSocket | Denial:
+        sock = await _H2Socket.open(host, port, ssl_context=ssl_context)
+        await sock.wait(lambda: sock.settings_received.is_set())
+        if sock.conn.remote_settings.enable_connect_protocol != 1:
+            await sock.close()
+            raise ConnectionError("the server did not send SETTINGS_ENABLE_CONNECT_PROTOCOL=1")
+        stream_id = sock.conn.get_next_available_stream_id()
+        fields = websocket_connect_fields(path, authority, subprotocols, headers,
+                                          scheme=b"https" if ssl_context is not None else b"http")
+        pending = _PendingResponse(stream_id)
+        sock.handlers.append(pending.handle)
+        sock.conn.send_headers(stream_id, fields)
+        sock.flush()
+        await sock.wait(lambda: pending.headers is not None or pending.reset is not None)
+        if pending.headers is None:
+            await sock.close()
+            raise ConnectionError(f"extended CONNECT reset with code {pending.reset}")
+        status = int(dict(pending.headers)[b":status"])
+        if status != 200:
+            await sock.wait(lambda: pending.ended or pending.reset is not None)
+            sock.handlers.remove(pending.handle)
+            await sock.close()
+            return Denial(status, pending.headers, bytes(pending.body))
+        sock.handlers.remove(pending.handle)
+        socket_ws = cls(sock, stream_id, pending.headers)
+        sock.handlers.append(socket_ws._handle)
+        if pending.body:
+            socket_ws.feed(bytes(pending.body))
+        return socket_ws
+
+    def _handle(self, event: h2.events.Event) -> None:
+        if getattr(event, "stream_id", None) != self.stream_id:
+            return
+        if isinstance(event, h2.events.DataReceived):
+            self.sock.conn.acknowledge_received_data(event.flow_controlled_length or 0,
+                                                     self.stream_id)
+            self.feed(event.data or b"")
+        elif isinstance(event, h2.events.StreamReset):
+            self.stream_reset(int(event.error_code or 0))
+
+    async def _write(self, data: bytes, *, end: bool = False) -> None:
+        await self.sock.send_data(self.stream_id, data, end=end)
+
+    def _write_now(self, data: bytes, *, end: bool = False) -> None:
+        # Control frames are tiny; the windows always have room for them.
+        if not self.sock.closed:
+            self.sock.conn.send_data(self.stream_id, data, end_stream=end)
+            self.sock.flush()
+
+    async def _shutdown(self) -> None:
         await self.sock.close()
 
 
-class WebSocketClosed(Exception):
-    def __init__(self, code: int, reason: str) -> None:
-        super().__init__(f"closed with {code} {reason!r}")
-        self.code = code
-        self.reason = reason
+def websocket_connect_fields(path: str, authority: str, subprotocols: Sequence[str],
+                             headers: Sequence[Header], *, scheme: bytes) -> list[Header]:
+    """The extended CONNECT request of RFC 8441 / RFC 9220."""
+    fields: list[Header] = [
+        (b":method", b"CONNECT"), (b":protocol", b"websocket"), (b":scheme", scheme),
+        (b":path", path.encode()), (b":authority", authority.encode()),
+        (b"sec-websocket-version", b"13"),
+    ]
+    if subprotocols:
+        fields.append((b"sec-websocket-protocol", ", ".join(subprotocols).encode()))
+    fields.extend(headers)
+    return fields
 
 
 class _PendingResponse:
