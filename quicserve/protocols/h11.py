@@ -34,8 +34,11 @@ and the table ``_PHASES``; the phase alone decides what the one timer means::
 * BODY: the request body is arriving; ``read_timeout`` between chunks, and no
   timer while reading is paused because the app has not consumed the body.
 * RESPONDING: the request is complete; no timer (the app takes its time).
-  Pipelined bytes stay in h11's buffer; reading pauses once they exceed
-  ``h11_max_incomplete_size``.  Requests are answered strictly in order.
+  Pipelined bytes wait in the adapter's backlog; reading pauses once they
+  exceed ``h11_max_incomplete_size``.  Requests are answered strictly in order.
+  h11 is given head bytes in slices of 8 KiB, because it copies whatever it
+  still buffers at each new cycle (a big read of small pipelined requests
+  would otherwise cost quadratic time).
 * DRAINING: the response finished before the request body did; the rest of
   the body is read and discarded (bounded), then the next cycle starts.
 * SWITCHED: a WebSocket was accepted (101): raw bytes both ways.
@@ -178,6 +181,8 @@ _EXTENSIONS = ("http.response.trailers", "http.response.early_hint")
 #: Response fields whose meaning is the framing: the writer decides them.
 _FRAMING_FIELDS = frozenset({b"content-length", b"transfer-encoding", b"connection"})
 _STATUS_LINES: dict[int, bytes] = {}
+#: Bytes given to h11 at a time when requests are read in bulk (see _feed).
+_SLICE = 8192
 
 
 def _status_line(status: int) -> bytes:
@@ -428,7 +433,7 @@ class H11Adapter:
     __slots__ = (
         "ctx", "transport", "_conn", "_conn10", "_h2c", "phase", "exchange", "_parser",
         "_max_head", "_high_water", "_held", "_unconsumed", "_paused",
-        "_pipelined", "_drained", "_preface", "_first", "_upgrade", "_upgrade_body",
+        "_backlog", "_drained", "_preface", "_first", "_upgrade", "_upgrade_body",
         "shutting_down", "_close_after_write", "_fed",
     )
 
@@ -460,7 +465,9 @@ class H11Adapter:
         self._held: bytes | None = None
         self._unconsumed = 0
         self._paused = 0
-        self._pipelined = 0
+        #: Bytes read but not yet given to h11: pipelined requests wait here,
+        #: and h11 gets them in slices (see _feed).
+        self._backlog = bytearray()
         self._drained = 0
         #: The first bytes while they could still be the HTTP/2 preface.
         self._preface: bytes | None = b"" if h2c else None
@@ -491,14 +498,20 @@ class H11Adapter:
             if data.startswith(_PREFACE):
                 self._transition_close()
                 return SwitchTo("h2", data=data)
-        self._parser.receive_data(data)
-        self._fed += len(data)
+        if phase is Phase.RESPONDING:
+            # A pipelined request: it waits for its turn, bounded.
+            self._backlog += data
+            if len(self._backlog) > self._max_head:
+                self._pause(_PAUSE_PIPELINE)
+            return None
         if phase is Phase.IDLE:
             self._transition(_Event.DATA)
-        elif phase is Phase.RESPONDING:
-            self._pipelined += len(data)
-            if self._pipelined > self._max_head:
-                self._pause(_PAUSE_PIPELINE)
+            self._feed(data)
+        elif phase is Phase.HEAD:
+            self._feed(data)
+        else:  # body bytes: all at once, for big reads
+            self._parser.receive_data(data)
+            self._fed += len(data)
         return self._process()
 
     def eof_received(self) -> None:
@@ -563,11 +576,11 @@ class H11Adapter:
             return
         self.transport.write(head)
         self._transition(_Event.UPGRADE)
-        trailing = self._parser.trailing_data[0]
-        self._pipelined = 0
+        raw = self._parser.trailing_data[0] + self._backlog
+        self._backlog = bytearray()
         self._resume(_PAUSE_PIPELINE)
-        if trailing:
-            self._deliver(trailing, True)
+        if raw:
+            self._deliver(bytes(raw), True)
 
     def fail(self, status: int) -> None:
         """Answer ``status`` with a short body and close (nothing final was sent)."""
@@ -625,7 +638,11 @@ class H11Adapter:
                 # rather than ask h11 again.  A drained request already
                 # started the next cycle inside _on_end.
                 return self._on_end()
-            elif event is h11.NEED_DATA or event is h11.PAUSED:
+            elif event is h11.NEED_DATA:
+                if not self._backlog:
+                    break
+                self._feed_slice()
+            elif event is h11.PAUSED:
                 break
             elif kind is h11.ConnectionClosed:
                 self._lost("the client closed the connection")
@@ -727,25 +744,53 @@ class H11Adapter:
             self.transport.set_timeout(None)
 
     def _next_cycle(self) -> None:
-        """Start the next request cycle, with any pipelined bytes h11 buffered."""
-        trailing, _closed = self._parser.trailing_data
+        """Start the next request cycle with the bytes already read: what the
+        old parser still buffered, then the backlog."""
+        trailing = self._parser.trailing_data[0]
         self._parser = self._new_parser()
-        self._fed = len(trailing)
+        self._fed = 0
         self.exchange = None
         self._held = None
         self._unconsumed = 0
         self._drained = 0
-        self._pipelined = 0
         self._resume(_PAUSE_PIPELINE | _PAUSE_CREDIT)
         self.transport.set_timeout(self.ctx.options.keep_alive)
+        if trailing and len(trailing) > _SLICE:
+            # A big read (body and requests) left a long tail: slice it too.
+            self._backlog[:0] = trailing
+            trailing = b""
+        if not trailing and not self._backlog:
+            return
+        self._transition(_Event.DATA)
         if trailing:
             self._parser.receive_data(trailing)
-            self._transition(_Event.DATA)
-            self._process()
+            self._fed = len(trailing)
+        else:
+            self._feed_slice()
+        self._process()
+
+    def _feed(self, data: bytes) -> None:
+        """Give h11 head bytes.  Large reads go through the backlog in slices
+        of ``_SLICE``: h11 copies what it still buffers at every cycle
+        (``trailing_data``), so feeding it a 256 KiB read of small pipelined
+        requests whole would cost quadratic time."""
+        if len(data) <= _SLICE and not self._backlog:
+            self._parser.receive_data(data)
+            self._fed += len(data)
+        else:
+            self._backlog += data
+            self._feed_slice()
+
+    def _feed_slice(self) -> None:
+        backlog = self._backlog
+        chunk = bytes(backlog[:_SLICE])
+        del backlog[:_SLICE]  # O(1): bytearray drops a prefix without moving
+        self._parser.receive_data(chunk)
+        self._fed += len(chunk)
 
     def _switch_h2c(self, request: H1Request) -> SwitchTo:
         self.transport.write(_H2C_SWITCH)
-        leftover = self._parser.trailing_data[0]
+        leftover = self._parser.trailing_data[0] + bytes(self._backlog)
         head = request.head
         head = dataclasses.replace(
             head, protocol=None,

@@ -209,6 +209,30 @@ def test_pipelined_bytes_beyond_the_head_limit_pause_reading() -> None:
     assert h.stream.head.target == b"/3" and not h.link.reading_paused
 
 
+def test_a_bulk_read_of_many_pipelined_requests_is_served_in_order() -> None:
+    """300 requests (larger than h11's slice and the head limit) in one read."""
+    h = Harness(h11_max_incomplete_size=4096)
+    h.link.feed(b"".join(b"GET /%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(300)))
+    for i in range(300):
+        assert h.stream.head.target == b"/%d" % i
+        h.stream.respond(body=b"%d" % i)
+    assert len(h.streams) == 300
+    assert h.link.take().count(b"HTTP/1.1 200 OK\r\n") == 300
+    assert not h.link.reading_paused
+
+
+def test_pipelined_requests_after_a_body_in_the_same_read() -> None:
+    h = Harness()
+    body = b"b" * 20000
+    tail = b"".join(b"GET /%d HTTP/1.1\r\nhost: x\r\n\r\n" % i for i in range(500))
+    h.link.feed(b"POST /up HTTP/1.1\r\nhost: x\r\ncontent-length: 20000\r\n\r\n" + body + tail)
+    assert h.stream.body == body
+    h.stream.respond()
+    for i in range(500):
+        assert h.stream.head.target == b"/%d" % i
+        h.stream.respond()
+
+
 def test_http10_request_gets_connection_info_1_0_and_no_keep_alive() -> None:
     h = Harness()
     h.link.feed(b"GET / HTTP/1.0\r\n\r\n")
@@ -825,6 +849,15 @@ def test_websocket_accept_key_matches_the_rfc_formula() -> None:
     h.stream.sink.send_head(200, [])
     expected = base64.b64encode(hashlib.sha1(key + b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11").digest())
     assert b"sec-websocket-accept: " + expected + b"\r\n" in h.link.take()
+
+
+def test_websocket_frames_pipelined_behind_the_handshake_reach_the_stream() -> None:
+    h = Harness(h11_max_incomplete_size=1024)
+    h.link.feed(WS_REQUEST + b"a" * 100)
+    h.link.feed(b"b" * 2000)  # waits (and pauses reading) until the 101
+    assert h.link.reading_paused
+    h.stream.sink.send_head(200, [])
+    assert h.stream.body == b"a" * 100 + b"b" * 2000 and not h.link.reading_paused
 
 
 def test_websocket_denial_is_a_normal_response() -> None:
