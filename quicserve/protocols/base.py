@@ -142,8 +142,15 @@ class QuicSessionHandle(Protocol):
         much receive window (QUIC MAX_STREAM_DATA)."""
 
     def stream_send_buffered(self, stream_id: int) -> int:
-        """Bytes queued on ``stream_id`` that the peer has not yet acknowledged
-        (used by ``send_body`` backpressure)."""
+        """Bytes written to ``stream_id`` that the peer has not yet
+        acknowledged (a graceful close waits for these to drain)."""
+
+    def stream_send_pending(self, stream_id: int) -> int:
+        """Bytes written to ``stream_id`` and not yet sent even once: the
+        measure for ``send_body`` backpressure.  (Sent but unacknowledged
+        bytes are bounded by congestion and flow control already; counting
+        them too would cap the bytes in flight at the high-water mark and
+        with it the throughput, to high_water / RTT.)"""
 
     def in_early_data(self) -> bool:
         """True while the handshake is incomplete and 0-RTT data is accepted."""
@@ -160,8 +167,9 @@ class QuicAdapter(Protocol):
         """One aioquic ``QuicEvent`` (StreamDataReceived, StreamReset, ...)."""
 
     def on_send_capacity(self) -> None:
-        """Called after each flush and ACK: wake ``send_body`` waiters whose
-        stream's unacknowledged data fell below the high-water mark."""
+        """Called after each flush and each received datagram (ACKs): wake
+        ``send_body`` waiters whose stream's pending data fell below the
+        high-water mark."""
 
     def shutdown(self) -> None:
         """Graceful: H3 sends GOAWAY; in-flight streams go on."""

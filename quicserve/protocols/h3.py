@@ -30,10 +30,12 @@ window of memory.
 
 Flow control, send side.  ``send_body`` cuts a body into pieces of at most
 ``stream_high_water`` bytes and, after each, waits while the stream holds more
-than that many unacknowledged bytes (``session.stream_send_buffered``); the
+than that many bytes not yet sent (``session.stream_send_pending``); the
 session calls :meth:`H3Adapter.on_send_capacity` after every flush and every
-received datagram (ACKs), which wakes the waiters.  A response is therefore
-never buffered whole.
+received datagram, which wakes the waiters.  A response is therefore never
+buffered whole: at most the high-water mark waits to be sent, plus what is in
+flight, which congestion and flow control bound.  (Counting in-flight bytes
+too would cap them at the high-water mark and throughput at high_water/RTT.)
 
 Graceful shutdown: :meth:`H3Adapter.shutdown` sends GOAWAY naming the first
 stream not yet seen; later streams are refused (H3_REQUEST_REJECTED); once
@@ -358,7 +360,7 @@ class H3Adapter:
     def must_wait(self, stream: RequestStream) -> bool:
         if stream.broken:
             return False
-        return self._session.stream_send_buffered(stream.stream_id) > self.high_water
+        return self._session.stream_send_pending(stream.stream_id) > self.high_water
 
     def reset_stream(self, stream: RequestStream, code: int) -> None:
         """Reset both halves of ``stream`` that are still open, and forget it."""

@@ -77,13 +77,24 @@ def stream_send_buffered(quic: ManagedQuicConnection, stream_id: int) -> int:
     """Bytes written to ``stream_id`` and not yet acknowledged by the peer.
 
     aioquic keeps exactly those in ``QuicStreamSender._buffer`` (acknowledged
-    bytes are cut from its front).  This is the one private aioquic name this
-    module reads; ``tests/unit/quic/test_connection.py`` pins it.
+    bytes are cut from its front).  This and ``_buffer_stop`` below are the
+    private aioquic names this module reads;
+    ``tests/unit/quic/test_connection.py`` pins them.
     """
     stream = quic._streams.get(stream_id)
     if stream is None:
         return 0
     return len(stream.sender._buffer)
+
+
+def stream_send_pending(quic: ManagedQuicConnection, stream_id: int) -> int:
+    """Bytes written to ``stream_id`` that were never sent: the end of the
+    written data (``_buffer_stop``) minus the highest offset sent."""
+    stream = quic._streams.get(stream_id)
+    if stream is None:
+        return 0
+    sender = stream.sender
+    return max(0, sender._buffer_stop - sender.highest_offset)
 
 
 class SessionOwner(Protocol):
@@ -173,6 +184,9 @@ class QuicSession:
         datagrams = self._quic.datagrams_to_send(now)
         # Connection IDs are issued while packets are written: drain those events.
         self._process_events()
+        if datagrams and self._adapter is not None:
+            # Stream data just left the send buffers: writers may go on.
+            self._adapter.on_send_capacity()
         return datagrams
 
     def deadline(self) -> float | None:
@@ -233,6 +247,9 @@ class QuicSession:
 
     def stream_send_buffered(self, stream_id: int) -> int:
         return stream_send_buffered(self._quic, stream_id)
+
+    def stream_send_pending(self, stream_id: int) -> int:
+        return stream_send_pending(self._quic, stream_id)
 
     def in_early_data(self) -> bool:
         return not self._handshake_done

@@ -119,6 +119,10 @@ class FakeSession:
     def stream_send_buffered(self, stream_id: int) -> int:
         return self.quic.unacked.get(stream_id, 0)
 
+    def stream_send_pending(self, stream_id: int) -> int:
+        # FakeQuic has no packets: written bytes count as unsent until acked.
+        return self.quic.unacked.get(stream_id, 0)
+
     def in_early_data(self) -> bool:
         return self.early
 

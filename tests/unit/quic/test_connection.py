@@ -20,7 +20,7 @@ from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import QuicErrorCode, QuicProtocolVersion
 
 from quicserve.config import Config
-from quicserve.quic.connection import stream_send_buffered
+from quicserve.quic.connection import stream_send_buffered, stream_send_pending
 from tests.support import apps
 from tests.support.certs import CertSet
 from tests.support.quic_peers import CLIENT_ADDR, SERVER_ADDR, H3Client, QuicHarness
@@ -465,7 +465,7 @@ def test_router_follows_issued_and_retired_connection_ids(certs: CertSet) -> Non
 
 
 def test_stream_send_buffered_reads_unacknowledged_bytes(certs: CertSet) -> None:
-    """Pins the one aioquic private name connection.py reads."""
+    """Pins the aioquic private names connection.py reads."""
     async def main() -> None:
         h = harness(certs, apps.hello)
         client = h.client()
@@ -477,7 +477,11 @@ def test_stream_send_buffered_reads_unacknowledged_bytes(certs: CertSet) -> None
         sid = quic.get_next_available_stream_id(is_unidirectional=True)
         quic.send_stream_data(sid, b"z" * 5000)
         assert stream_send_buffered(quic, sid) == 5000
+        assert stream_send_pending(quic, sid) == 5000
         session.mark_dirty()
+        h.loop.run_ready()  # the flush sends it; the ACK has not come back yet
+        assert stream_send_pending(quic, sid) == 0
+        assert stream_send_buffered(quic, sid) == 5000
         await h.run_for(1.0)
         assert stream_send_buffered(quic, sid) == 0
     run(main())

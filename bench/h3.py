@@ -1,0 +1,154 @@
+"""HTTP/3: small-response requests/s and one 32 MiB download, against Hypercorn.
+
+Every server runs :data:`app` below over HTTP/3 on its own UDP port, at the
+same time; rounds are interleaved (``bench.common.interleave``).  The load is
+ngtcp2's ``gtlsclient`` (never quicserve's code), run quiet, success counted
+from the downloaded bodies (``bench/ngtcp2.py``):
+
+* requests/s: ``CLIENTS`` gtlsclient processes at once, each one connection
+  of ``REQUESTS`` requests for distinct paths ``/r/<i>`` (13-byte body);
+* MB/s: one gtlsclient downloading ``/32m`` (32 MiB; the app sends it in
+  ``CHUNK``-byte ``http.response.body`` messages, as a streaming app would).
+
+Servers: quicserve (the subject), Hypercorn (``--quic-bind``, the baseline of
+the targets: >= 3x requests/s, >= 1.3x MB/s), and for reference the minimal
+aioquic public-API server (``bench/aioquic_baseline.py``) and ngtcp2's C
+``gtlsserver`` (the ceiling).
+
+Standalone: ``python bench/h3.py [--rounds N] [--quick]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import socket
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any, Awaitable, Callable
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench import aioquic_baseline, ngtcp2
+from bench.common import BenchContext, Group, Server, free_port, interleave, make_context, render
+
+TITLE = "HTTP/3"
+APP = "bench.h3:app"
+CLIENTS = 4
+REQUESTS = 2000
+CHUNK = 256 * 1024
+
+_SMALL = ngtcp2.BODY
+_SMALL_START = {"type": "http.response.start", "status": 200, "headers": [
+    (b"content-type", b"text/plain"), (b"content-length", str(len(_SMALL)).encode())]}
+_SMALL_BODY = {"type": "http.response.body", "body": _SMALL}
+_BIG_START = {"type": "http.response.start", "status": 200, "headers": [
+    (b"content-type", b"application/octet-stream"),
+    (b"content-length", str(ngtcp2.BIG_SIZE).encode())]}
+_BIG_CHUNK = b"x" * CHUNK
+
+
+async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, Any]]],
+              send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
+    """``/32m``: 32 MiB in ``CHUNK``-byte messages; anything else: 13 bytes."""
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] != "http":
+        return
+    if scope["path"] != ngtcp2.BIG_PATH:
+        await send(_SMALL_START)
+        await send(_SMALL_BODY)
+        return
+    await send(_BIG_START)
+    remaining = ngtcp2.BIG_SIZE
+    while remaining > CHUNK:
+        await send({"type": "http.response.body", "body": _BIG_CHUNK, "more_body": True})
+        remaining -= CHUNK
+    await send({"type": "http.response.body", "body": _BIG_CHUNK[:remaining]})
+
+
+def servers(ctx: BenchContext, htdocs: Path) -> list[Server]:
+    ports = [free_port(socket.SOCK_DGRAM) for _ in range(4)]
+    common = ["--certfile", str(ctx.certfile), "--keyfile", str(ctx.keyfile)]
+    return [
+        Server("quicserve", [ctx.python, "-m", "quicserve", APP, "--quic-bind",
+                             f"127.0.0.1:{ports[0]}", *common, "--no-access-log",
+                             "--log-level", "warning", "--loop", "auto"], ports[0]),
+        Server("hypercorn", [ctx.python, "-m", "hypercorn", APP, "--quic-bind",
+                             f"127.0.0.1:{ports[1]}", "--bind", f"127.0.0.1:{free_port()}",
+                             *common, "--worker-class", "uvloop", "--log-level", "warning"],
+               ports[1]),
+        aioquic_baseline.server(ctx.python, ctx.certfile, ctx.keyfile, ports[2]),
+        ngtcp2.gtlsserver(htdocs, ctx.certfile, ctx.keyfile, port=ports[3]),
+    ]
+
+
+def groups(requests: int) -> tuple[Group, Group]:
+    rate = Group(
+        title=f"HTTP/3 small responses, {CLIENTS} gtlsclient processes x {requests} requests "
+              "(one connection each)",
+        unit="req/s",
+        command=f"{CLIENTS} x gtlsclient -q --exit-on-all-streams-close -n {requests} "
+                f"--download DIR 127.0.0.1 PORT https://127.0.0.1:PORT/r/0 ... "
+                f"/r/{requests - 1}",
+        baseline="hypercorn",
+        target=("quicserve", 3.0),
+    )
+    download = Group(
+        title="HTTP/3 download of 32 MiB (one connection)",
+        unit="MB/s",
+        command="gtlsclient -q --exit-on-all-streams-close --download DIR 127.0.0.1 PORT "
+                "https://127.0.0.1:PORT/32m",
+        baseline="hypercorn",
+        target=("quicserve", 1.3),
+    )
+    return rate, download
+
+
+def run(ctx: BenchContext) -> list[Group]:
+    ngtcp2.ensure_tools()
+    requests = 300 if ctx.quick else REQUESTS
+    rate, download = groups(requests)
+
+    def measure_rate(server: Server) -> tuple[float, int]:
+        result = ngtcp2.h3_load(server.port, clients=CLIENTS, requests=requests)
+        return result.rate, result.errors
+
+    def measure_download(server: Server) -> tuple[float, int]:
+        result = ngtcp2.h3_download(server.port)
+        return ngtcp2.mb_per_s(result), result.errors
+
+    with tempfile.TemporaryDirectory(prefix="bench-htdocs-") as root:
+        running = servers(ctx, ngtcp2.make_htdocs(Path(root)))
+        try:
+            for server in running:
+                server.start()
+            for server in running:
+                ngtcp2.wait_h3(server)
+            interleave(ctx, running, measure_rate, rate)
+            interleave(ctx, running, measure_download, download)
+        finally:
+            for server in running:
+                server.stop()
+    return [rate, download]
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--quick", action="store_true")
+    args = parser.parse_args(argv)
+    ctx = make_context(rounds=1 if args.quick else args.rounds, duration=3.0, quick=args.quick)
+    print(render(run(ctx)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
