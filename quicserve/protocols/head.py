@@ -481,12 +481,16 @@ def response_headers(
     *,
     now: float,
     alt_svc: bool,
+    multiplexed: bool = False,
 ) -> list[tuple[bytes, bytes]]:
     """The header list of a response: the app's, validated, plus the defaults.
 
     Names come back lowercase.  ``alt_svc`` is True only for TLS over TCP
-    (HTTP/3 is advertised from there).  ``status`` is accepted for symmetry
-    with the wire and to keep 1xx heads free of defaults.
+    (HTTP/3 is advertised from there).  ``status`` keeps 1xx heads free of
+    defaults.  ``multiplexed`` (H2, H3) drops the connection-specific fields
+    an app may set (``connection``, ``keep-alive``, ``transfer-encoding``,
+    ``upgrade``...), which those protocols forbid (RFC 9113 8.2.2, RFC 9114
+    4.2); HTTP/1.1 keeps them, its writer interprets them.
 
     Error handling: a name that is not a token, or a value with CR, LF or NUL,
     raises :class:`ProtocolError` (status 500: the application is at fault).
@@ -500,6 +504,8 @@ def response_headers(
                 raise ProtocolError(f"bad response header name {name[:64]!r}", status=500)
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             raise ProtocolError(f"bad response header value for {name[:64]!r}", status=500)
+        if multiplexed and name in _CONNECTION_SPECIFIC:
+            continue
         if name == b"date":
             seen_date = True
         elif name == b"server":

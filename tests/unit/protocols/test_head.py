@@ -289,6 +289,15 @@ def test_response_headers_extra_may_replace_a_default() -> None:
     assert response_headers(200, [], defaults, now=0, alt_svc=False) == [(b"server", b"front")]
 
 
+def test_response_headers_multiplexed_drops_connection_specific_fields() -> None:
+    app = [(b"connection", b"keep-alive"), (b"Transfer-Encoding", b"chunked"), (b"upgrade", b"x"),
+           (b"keep-alive", b"5"), (b"x-kept", b"1")]
+    defaults = ResponseDefaults(server=None, date=False)
+    assert response_headers(200, app, defaults, now=0, alt_svc=False, multiplexed=True) == [
+        (b"x-kept", b"1")]
+    assert len(response_headers(200, app, defaults, now=0, alt_svc=False)) == 5
+
+
 def test_response_headers_alt_svc_only_when_asked() -> None:
     defaults = ResponseDefaults(server=None, date=False, alt_svc=b'h3=":443"')
     assert response_headers(200, [], defaults, now=0, alt_svc=False) == []
