@@ -447,16 +447,36 @@ async def run_case(case: Case, workdir: Path) -> Outcome:
 
 
 def _summary(case: Case, ev: Evidence) -> str:
+    """The evidence a passing case showed, in a few words."""
+    exp, last = case.expect, (ev.reports[-1] if ev.reports else ConnectionReport())
     parts = [f"{len(ev.expected)} files ok"]
+    if len(ev.reports) > 1:
+        parts.append(f"{len(ev.reports)} handshakes")
     if ev.ngtcp2 is not None:
         parts.append("gtlsclient ok")
+    if exp.retry:
+        parts.append("Retry seen")
+    if exp.resumed_without_certificate:
+        parts.append("resumed without certificate")
+    if exp.early_data:
+        parts.append(f"0-RTT accepted ({last.zero_rtt_packets} 0-RTT packets)")
+    if exp.key_update:
+        parts.append("key phase 1 both ways")
+    if exp.version_2:
+        parts.append("QUIC v2 on the wire")
+    if exp.chacha20:
+        parts.append("ChaCha20")
+    if exp.max_streams_at_most is not None:
+        parts.append(f"initial_max_streams_bidi {last.server_max_streams_bidi}")
+    if exp.repeated_client_hello:
+        parts.append(f"{max(r.initial_packets_sent for r in ev.reports)} client Initials")
     stats = ev.relay
     if stats is not None and (stats.dropped or stats.corrupted):
         parts.append(f"relay dropped {stats.dropped}, corrupted {stats.corrupted}")
     if stats is not None and stats.rebinds:
         parts.append(f"{stats.rebinds} rebinds, "
                      f"{sum(r.path_challenges for r in ev.reports)} PATH_CHALLENGEs")
-    if case.expect.amplification_limit and stats is not None:
+    if exp.amplification_limit and stats is not None:
         parts.append(f"{stats.server_bytes_before_handshake} B <= 3 x "
                      f"{stats.client_bytes_before_handshake} B")
     return ", ".join(parts)
