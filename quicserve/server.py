@@ -286,6 +286,9 @@ class Server:
 
     def _load_app(self) -> ASGIApp:
         arg = self._app_arg if self._app_arg is not None else self.config.app
+        if arg is not None and self.config.static is not None:
+            error_log.warning("--static %s is ignored: an application is given",
+                              self.config.static)
         if isinstance(arg, str):
             return load_app(arg, factory=self.config.factory, app_dir=self.config.app_dir)
         if arg is not None:
