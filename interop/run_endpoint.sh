@@ -31,7 +31,9 @@ fi
 WWW="${WWW:-/www}"
 CERTS="${CERTS:-/certs}"
 PORT="${PORT:-443}"
-HOST="${HOST:-::}"
+# The runner reaches the server over IPv4 and (ipv6 case) IPv6.  quicserve
+# binds IPv6 sockets IPV6_V6ONLY, so "both" binds 0.0.0.0 and [::] side by side.
+HOST="${HOST:-both}"
 
 # hq-interop first: every runner case but http3 uses HTTP/0.9.  h3 is offered
 # too (a client that offers only h3 still connects), except in the http3
@@ -59,8 +61,9 @@ case "$TESTCASE" in
 esac
 
 case "$HOST" in
-    *:*) BIND="[$HOST]:$PORT" ;;
-    *) BIND="$HOST:$PORT" ;;
+    both) BINDS=(--quic-bind "0.0.0.0:$PORT" --quic-bind "[::]:$PORT") ;;
+    *:*) BINDS=(--quic-bind "[$HOST]:$PORT") ;;
+    *) BINDS=(--quic-bind "$HOST:$PORT") ;;
 esac
 
 if [ -n "${QLOGDIR:-}" ]; then
@@ -73,7 +76,7 @@ if [ -n "${QUICSERVE_PYTHON:-}" ]; then
 else
     CMD=(quicserve)
 fi
-CMD+=(--static "$WWW" --quic-bind "$BIND"
+CMD+=(--static "$WWW" "${BINDS[@]}"
       --certfile "${CERTFILE:-$CERTS/cert.pem}" --keyfile "${KEYFILE:-$CERTS/priv.key}"
       --quic-alpn "$ALPN" --log-level "${LOG_LEVEL:-info}" --no-access-log
       "${EXTRA[@]}")
@@ -83,5 +86,5 @@ if [ -n "${RUN_ENDPOINT_DRY_RUN:-}" ]; then
     exit 0
 fi
 
-echo "quicserve interop endpoint: TESTCASE=$TESTCASE ALPN=$ALPN on udp $BIND serving $WWW" >&2
+echo "quicserve interop endpoint: TESTCASE=$TESTCASE ALPN=$ALPN on udp ${BINDS[*]} serving $WWW" >&2
 exec "${CMD[@]}"

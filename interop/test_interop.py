@@ -77,7 +77,8 @@ def test_defaults_and_overrides() -> None:
     assert argv[0] == "quicserve"
     pairs = _options(argv)
     assert pairs["--static"] == "/www"
-    assert pairs["--quic-bind"] == "[::]:443"
+    binds = [v for f, v in zip(argv, argv[1:]) if f == "--quic-bind"]
+    assert binds == ["0.0.0.0:443", "[::]:443"]
     assert pairs["--certfile"] == "/certs/cert.pem"
     assert pairs["--keyfile"] == "/certs/priv.key"
     result = endpoint({"TESTCASE": "handshake", "RUN_ENDPOINT_DRY_RUN": "1", "WWW": "/srv/w",
@@ -216,7 +217,8 @@ def test_compose_file() -> None:
     assert {"443:443/tcp", "443:443/udp"} <= _ports(main)
     assert {"./www:/www:ro", "./certs:/certs:ro"} <= _volumes(main)
     command = " ".join(main["command"])
-    assert "--static=/www" in command and "--quic-bind=[::]:443" in command
+    assert "--static=/www" in command
+    assert "--quic-bind=0.0.0.0:443" in command and "--quic-bind=[::]:443" in command
     for name in ("sim", "server", "client"):
         assert services[name]["profiles"] == ["interop"], name
     server = services["server"]
