@@ -30,8 +30,10 @@ Initials are dropped), ``shutdown`` (GOAWAY on every session; each closes
 with H3_NO_ERROR once its streams are done), ``wait_closed``, and ``abort``
 (CONNECTION_CLOSE on every session now).
 
-The send path (:meth:`_send`) and the receive path (:meth:`_dispatch`) are
-small functions so that ``transport/batch.py`` (GSO/GRO) slots in.
+The socket itself is behind a :class:`DatagramIO`: in production
+``transport/udp_socket.py``'s ``SocketIO`` (GRO receives, one GSO send per
+flush); in tests an in-memory link.  Each flush hands *all* its datagrams to
+one ``send`` call, so runs of full-size packets leave in one system call.
 """
 
 from __future__ import annotations
@@ -39,7 +41,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import IO, TYPE_CHECKING, Iterable
+from typing import IO, TYPE_CHECKING, Protocol
 
 from ..log import error_logger, open_keylog
 from ..quic.cid import CidIssuer, StatelessResetKeys
@@ -47,13 +49,23 @@ from ..quic.connection import NetworkAddress, QuicSession, SessionFactory
 from ..quic.router import CidRouter, Create, Deliver, Drop, Reply
 from ..quic.settings import SUPPORTED_VERSIONS, quic_settings
 from ..quic.tokens import QuicSecrets, RetryTokens, SessionTicketStore
+from .udp_socket import SocketIO
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..interfaces import ConnectionContext
 
 
-class UdpEndpoint(asyncio.DatagramProtocol):
+class DatagramIO(Protocol):
+    """Where an endpoint's datagrams go (``SocketIO``, or a test link)."""
+
+    def send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> int:
+        """Send or queue ``datagrams`` in order; how many were accepted."""
+
+    def close(self) -> None: ...
+
+
+class UdpEndpoint:
     """The QUIC side of one UDP socket; a :class:`~quicserve.transport.base.Listener`.
 
     Error handling: hostile datagrams never raise out of the receive path
@@ -75,7 +87,7 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._factory = factory
         self._stats = ctx.stats
         self._keylog = keylog
-        self._transport: asyncio.DatagramTransport | None = None
+        self._io: DatagramIO | None = None
         self._sessions: set[QuicSession] = set()
         self._dirty: set[QuicSession] = set()
         self._flush_scheduled = False
@@ -85,25 +97,15 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._all_closed.set()
         self._addresses: list[tuple[str, int] | str] = []
 
-    # -- asyncio.DatagramProtocol ---------------------------------------------------
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self._transport = transport  # type: ignore[assignment]
-        sockname = transport.get_extra_info("sockname")
-        if sockname:
-            self._addresses = [(sockname[0], sockname[1])]
+    def attach(self, io: DatagramIO, address: tuple[str, int]) -> None:
+        """Start sending through ``io``; ``address`` is where it is bound."""
+        self._io = io
+        self._addresses = [address]
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
+        """One datagram off the socket (called by the DatagramIO)."""
         self._stats.datagrams_received += 1
         self._dispatch(data, addr, self._loop.time())
-
-    def error_received(self, exc: Exception) -> None:
-        # ICMP errors (port unreachable...) arrive here on Linux; QUIC's own
-        # timers deal with unreachable peers.
-        error_logger.debug("UDP error: %s", exc)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._transport = None
 
     # -- receive path -------------------------------------------------------------
 
@@ -171,20 +173,17 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         self._flush_scheduled = False
         dirty, self._dirty = self._dirty, set()
         now = self._loop.time()
+        datagrams: list[tuple[bytes, NetworkAddress]] = []
+        sessions = self._sessions
         for session in dirty:
-            if session in self._sessions:
-                self._send(session.datagrams_to_send(now))
+            if session in sessions:
+                datagrams += session.datagrams_to_send(now)
                 self._arm_timer(session)
+        self._send(datagrams)
 
-    def _send(self, datagrams: Iterable[tuple[bytes, NetworkAddress]]) -> None:
-        transport = self._transport
-        if transport is None:
-            return
-        sent = 0
-        for data, addr in datagrams:
-            transport.sendto(data, addr)
-            sent += 1
-        self._stats.datagrams_sent += sent
+    def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
+        if self._io is not None and datagrams:
+            self._stats.datagrams_sent += self._io.send(datagrams)
 
     def _arm_timer(self, session: QuicSession) -> None:
         deadline = session.deadline()
@@ -245,8 +244,8 @@ class UdpEndpoint(asyncio.DatagramProtocol):
         return self._router.statistics()
 
     def _close_transport(self) -> None:
-        if self._transport is not None:
-            self._transport.close()
+        if self._io is not None:
+            self._io.close()
         if self._keylog is not None:
             self._keylog.close()
             self._keylog = None
@@ -283,8 +282,8 @@ async def open_udp_endpoint(
         if keylog is not None:
             keylog.close()
         raise
-    sock.setblocking(False)
-    await loop.create_datagram_endpoint(lambda: endpoint, sock=sock)
+    io = SocketIO(sock, loop=loop, on_datagram=endpoint.datagram_received)
+    endpoint.attach(io, io.address)
     return endpoint
 
 

@@ -10,9 +10,8 @@ until a test delivers them, so the test decides the interleaving.  Hooks:
 * ``rewrite_source`` -- maps a source address to the one the receiver sees
   (a NAT rebinding the client's port).
 
-:class:`MemoryDatagramTransport` is what ``UdpEndpoint`` needs of an
-``asyncio.DatagramTransport`` (``sendto``, ``get_extra_info``, ``close``),
-writing into a link.
+:class:`MemoryDatagramTransport` is the endpoint's ``DatagramIO``
+(``send`` a flush's datagrams, ``close``), writing into a link.
 """
 
 from __future__ import annotations
@@ -62,24 +61,23 @@ class DatagramLink:
 
 
 class MemoryDatagramTransport:
-    """The slice of ``asyncio.DatagramTransport`` the endpoint uses."""
+    """A ``DatagramIO`` (``transport/udp.py``) writing into a link."""
 
     def __init__(self, link: DatagramLink, address: Address) -> None:
         self._link = link
         self.address = address
         self.closed = False
+        #: How many send() calls (one per flush with something to send).
+        self.batches = 0
 
-    def sendto(self, data: bytes, addr: Any) -> None:
-        if not self.closed:
+    def send(self, datagrams: list[tuple[bytes, Any]]) -> int:
+        """What ``UdpEndpoint`` hands its DatagramIO: one flush's datagrams."""
+        if self.closed:
+            return 0
+        for data, addr in datagrams:
             self._link.send(data, self.address, (addr[0], addr[1]))
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        if name == "sockname":
-            return self.address
-        return default
+        self.batches += 1
+        return len(datagrams)
 
     def close(self) -> None:
         self.closed = True
-
-    def is_closing(self) -> bool:
-        return self.closed

@@ -208,7 +208,7 @@ class QuicHarness:
             loop=self.loop,  # type: ignore[arg-type]
             ctx=self.ctx, config=config, secrets=self.secrets, server=SERVER_ADDR)
         self.transport = MemoryDatagramTransport(self.link, SERVER_ADDR)
-        self.endpoint.connection_made(self.transport)  # type: ignore[arg-type]
+        self.endpoint.attach(self.transport, SERVER_ADDR)
         self.clients: list[H3Client] = []
 
     def client(self, *, address: Address = CLIENT_ADDR, connect: bool = True,
