@@ -266,8 +266,7 @@ def _load_secret(config: Config) -> bytes:
 def _default_worker_main(config: Config, context: WorkerContext) -> int:
     from . import server
 
-    result: int = server.run_config(config, worker=context)  # type: ignore[call-arg]
-    return result
+    return server.run_config(config, worker=context)
 
 
 class Supervisor:

@@ -21,15 +21,11 @@ checksum offload) turns GSO off for that sender for good; one the route refuses
 (``EINVAL``/``EMSGSIZE``: a segment above the path MTU) is resent datagram by
 datagram.
 
-Who calls it: ``transport/udp.py`` (the endpoint).  :class:`UdpSender` and
+Who calls it: ``transport/udp_socket.py`` (the endpoint's socket I/O), which
+owns the socket and the event-loop registration.  :class:`UdpSender` and
 :class:`UdpReceiver` only move bytes, never wait and never block:
-``send_batch`` stops at the first ``EAGAIN`` and says how far it got.
-:class:`BatchedTransport` (made by :func:`create_batched_endpoint`) puts them
-behind asyncio's ``DatagramTransport`` interface, so an endpoint written for
-``loop.create_datagram_endpoint`` gets the fast path unchanged: received
-datagrams are delivered one by one to ``datagram_received`` from one read
-batch; ``sendto`` queues, and the queue leaves once per loop turn as GSO
-runs, waiting for writability when the socket buffer is full.
+``send_batch`` stops at the first ``EAGAIN`` and says how far it got, so the
+caller keeps the rest and waits until the socket is writable.
 
 Addresses are whatever the socket family uses (``(host, port)`` for IPv4,
 ``(host, port, flowinfo, scope_id)`` for IPv6) and are compared for equality
@@ -38,12 +34,11 @@ to form runs; the endpoint passes back the address it received from.
 
 from __future__ import annotations
 
-import asyncio
 import errno
 import socket
 import struct
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from ..log import error_logger
 
@@ -342,168 +337,3 @@ def _gro_segment_size(ancdata: list[tuple[int, int, bytes]]) -> int:
                 return int(_SEGMENT_SIZE.unpack_from(data)[0])
     return 0
 
-
-class BatchedTransport(asyncio.DatagramTransport):
-    """An asyncio datagram transport over one UDP socket with batched I/O.
-
-    A drop-in for what ``loop.create_datagram_endpoint(..., sock=sock)``
-    returns, for a protocol that receives with ``datagram_received`` and
-    sends with ``sendto``; see :func:`create_batched_endpoint`.
-
-    * Receive: one readiness callback reads up to ``max_reads`` times
-      (:class:`UdpReceiver`, GRO trains split) and hands every datagram to
-      ``protocol.datagram_received`` in arrival order.
-    * Send: ``sendto`` only queues; the queue is flushed once, at the end of
-      the loop turn (one ``call_soon``), through :class:`UdpSender`, so the
-      datagrams a QUIC flush produces go out as GSO runs.  ``send_batch``
-      sends at once.  When the socket buffer is full the rest waits for
-      writability (``add_writer``); beyond ``max_queue`` datagrams new ones
-      are dropped and counted (``dropped``), as the kernel would.
-
-    Error handling: ``OSError`` from receiving goes to
-    ``protocol.error_received``; send errors are counted by the sender and
-    the datagram skipped.  Exceptions raised by the protocol propagate to the
-    event loop's exception handler, like asyncio's own transports.
-
-    Resource handling: owns the socket from :meth:`start` on; ``close()``
-    unregisters it, closes it and calls ``connection_lost(None)`` soon after.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop, sock: socket.socket,
-                 protocol: asyncio.DatagramProtocol, capabilities: UdpCapabilities, *,
-                 max_queue: int = 4096) -> None:
-        super().__init__()
-        self._loop = loop
-        self._sock = sock
-        self._protocol = protocol
-        self.capabilities = capabilities
-        self.sender = UdpSender(sock, capabilities)
-        self.receiver = UdpReceiver(sock, capabilities)
-        self._queue: list[Datagram] = []
-        self._flush_scheduled = False
-        self._writing = False
-        self._closing = False
-        self.max_queue = max_queue
-        self.dropped = 0
-        self._extra = {"socket": sock, "sockname": sock.getsockname()}
-
-    def start(self) -> None:
-        self._protocol.connection_made(self)
-        self._loop.add_reader(self._sock.fileno(), self._on_readable)
-
-    # -- receive -------------------------------------------------------------
-
-    def _on_readable(self) -> None:
-        try:
-            received = self.receiver.recv_batch()
-        except OSError as exc:
-            self._protocol.error_received(exc)
-            return
-        deliver = self._protocol.datagram_received
-        for data, address in received:
-            deliver(data, address)
-
-    # -- send ----------------------------------------------------------------
-
-    def sendto(self, data: bytes | bytearray | memoryview, addr: Address = None) -> None:
-        if self._closing:
-            return
-        if len(self._queue) >= self.max_queue:
-            self.dropped += 1
-            return
-        self._queue.append((bytes(data), addr))
-        if not self._flush_scheduled and not self._writing:
-            self._flush_scheduled = True
-            self._loop.call_soon(self._flush)
-
-    def send_batch(self, datagrams: Sequence[Datagram]) -> None:
-        """Send ``datagrams`` now (after anything already queued)."""
-        if self._closing or not datagrams:
-            return
-        if self._queue or self._writing:
-            room = max(0, self.max_queue - len(self._queue))
-            self._queue.extend(datagrams[:room])
-            self.dropped += len(datagrams) - room
-            return
-        sent = self.sender.send_batch(datagrams)
-        if sent < len(datagrams):
-            self._queue.extend(datagrams[sent:])
-            self._wait_writable()
-
-    def _flush(self) -> None:
-        self._flush_scheduled = False
-        if self._writing or not self._queue or self._closing:
-            return
-        queue, self._queue = self._queue, []
-        sent = self.sender.send_batch(queue)
-        if sent < len(queue):
-            self._queue = queue[sent:] + self._queue
-            self._wait_writable()
-
-    def _wait_writable(self) -> None:
-        if not self._writing:
-            self._writing = True
-            self._loop.add_writer(self._sock.fileno(), self._on_writable)
-
-    def _on_writable(self) -> None:
-        queue, self._queue = self._queue, []
-        sent = self.sender.send_batch(queue)
-        self._queue = queue[sent:] + self._queue
-        if not self._queue:
-            self._writing = False
-            self._loop.remove_writer(self._sock.fileno())
-
-    def get_write_buffer_size(self) -> int:
-        return len(self._queue)
-
-    # -- BaseTransport ----------------------------------------------------------
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._extra.get(name, default)
-
-    def is_closing(self) -> bool:
-        return self._closing
-
-    def close(self) -> None:
-        if self._closing:
-            return
-        self._flush()
-        self._closing = True
-        self._queue.clear()
-        fd = self._sock.fileno()
-        if fd >= 0:
-            self._loop.remove_reader(fd)
-            if self._writing:
-                self._loop.remove_writer(fd)
-        self._sock.close()
-        self._loop.call_soon(self._protocol.connection_lost, None)
-
-    def abort(self) -> None:
-        self.close()
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._protocol
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._protocol = protocol  # type: ignore[assignment]
-
-
-async def create_batched_endpoint(
-    loop: asyncio.AbstractEventLoop,
-    protocol_factory: Callable[[], asyncio.DatagramProtocol],
-    sock: socket.socket,
-    *,
-    gso: bool = True,
-    gro: bool = True,
-) -> tuple[BatchedTransport, asyncio.DatagramProtocol]:
-    """Like ``loop.create_datagram_endpoint(protocol_factory, sock=sock)``,
-    with GSO/GRO batching detected on ``sock`` (buffers sized, GRO enabled).
-
-    Resource handling: the transport owns ``sock``.
-    """
-    sock.setblocking(False)
-    capabilities = detect_capabilities(sock, gso=gso, gro=gro)
-    protocol = protocol_factory()
-    transport = BatchedTransport(loop, sock, protocol, capabilities)
-    transport.start()
-    return transport, protocol

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import os
 import select
 import socket
@@ -211,86 +210,3 @@ def test_ipv6_gso_and_gro() -> None:
         assert sender.syscalls == 1
         assert receive_batches(receiver, receiver_sock, 8) == data
 
-
-# -- BatchedTransport: the asyncio face of the fast path ------------------------------
-
-
-class Echo(asyncio.DatagramProtocol):
-    """Echoes every datagram; records the life cycle."""
-
-    def __init__(self) -> None:
-        self.transport: batch.BatchedTransport | None = None
-        self.received = 0
-        self.lost = asyncio.Event()
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        self.transport = transport  # type: ignore[assignment]
-
-    def datagram_received(self, data: bytes, addr: tuple[str, int]) -> None:
-        self.received += 1
-        assert self.transport is not None
-        self.transport.sendto(data, addr)
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self.lost.set()
-
-
-async def _echo_round_trip(*, gso: bool, gro: bool) -> tuple[Echo, batch.BatchedTransport, list[bytes], list[bytes]]:
-    loop = asyncio.get_running_loop()
-    server_sock = udp_socket()
-    transport, protocol = await batch.create_batched_endpoint(loop, Echo, server_sock, gso=gso,
-                                                              gro=gro)
-    client_sock = udp_socket()
-    batch.size_buffers(client_sock)
-    client = UdpSender(client_sock, batch.detect_capabilities(client_sock, gro=False))
-    data = payloads(40, 1200)
-    client.send_batch([(d, server_sock.getsockname()) for d in data])
-    got: list[bytes] = []
-    deadline = loop.time() + 5
-    while len(got) < len(data) and loop.time() < deadline:
-        await asyncio.sleep(0.01)
-        while True:
-            try:
-                got.append(client_sock.recv(65536))
-            except BlockingIOError:
-                break
-    client_sock.close()
-    return protocol, transport, data, got  # type: ignore[return-value]
-
-
-@pytest.mark.parametrize("offload", [True, False], ids=["gso+gro", "plain"])
-def test_batched_transport_echoes_in_order(offload: bool) -> None:
-    async def scenario() -> None:
-        protocol, transport, data, got = await _echo_round_trip(gso=offload, gro=offload)
-        assert got == data and protocol.received == 40
-        # Echoes queued in one loop turn leave as GSO runs, not one call each.
-        if offload:
-            assert transport.sender.gso_sends >= 1
-            assert transport.sender.syscalls < 40
-            assert transport.receiver.syscalls < 40
-        else:
-            assert transport.sender.syscalls == 40 and transport.sender.gso_sends == 0
-        transport.close()
-        await asyncio.wait_for(protocol.lost.wait(), 5)
-        assert transport.is_closing()
-
-    asyncio.run(scenario())
-
-
-def test_batched_transport_send_batch_and_extra_info() -> None:
-    async def scenario() -> None:
-        loop = asyncio.get_running_loop()
-        with udp_socket() as receiver_sock:
-            sock = udp_socket()
-            transport, protocol = await batch.create_batched_endpoint(
-                loop, asyncio.DatagramProtocol, sock)
-            assert transport.get_extra_info("sockname") == sock.getsockname()
-            data = payloads(8, 1000)
-            transport.send_batch([(d, receiver_sock.getsockname()) for d in data])
-            assert transport.sender.syscalls == 1
-            assert receive_plain(receiver_sock, 8) == data
-            transport.close()
-            transport.sendto(b"late", receiver_sock.getsockname())  # ignored once closing
-            assert select.select([receiver_sock], [], [], 0.2)[0] == []
-
-    asyncio.run(scenario())
