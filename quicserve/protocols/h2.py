@@ -288,6 +288,7 @@ class H2Adapter:
         transport: ByteTransport,
         conn: ConnectionInfo,
         switch: SwitchTo | None = None,
+        schedule: Callable[[Callable[[], None]], object] | None = None,
     ) -> None:
         options = ctx.options
         self._ctx = ctx
@@ -308,6 +309,10 @@ class H2Adapter:
         self._streams: dict[int, H2Stream] = {}
         self._state = _ConnState.OPEN
         self._receiving = False
+        #: Runs a callback at the end of this loop turn: the running loop's
+        #: ``call_soon`` unless given; None (no loop: sans-IO tests) writes at once.
+        self._schedule = schedule if schedule is not None else _running_loop_call_soon()
+        self._flush_pending = False
         self._idle_since: float | None = ctx.clock()
         self._timer_deadline: float | None = None
         #: Streams waiting on a zero window -> since when.
@@ -357,7 +362,7 @@ class H2Adapter:
             if handler is not None:
                 handler(event)
         self._receiving = False
-        self._flush()
+        self._flush_now()
         return None
 
     def eof_received(self) -> None:
@@ -389,7 +394,7 @@ class H2Adapter:
             self._close(abort_reason="shutdown", goaway=ErrorCodes.NO_ERROR)
             return
         self._state = _ConnState.DRAINING
-        self._flush()
+        self._flush_now()
         self._write(_goaway_frame(self._h2.highest_inbound_stream_id, ErrorCodes.NO_ERROR))
 
     # -- sink operations (called by H2Stream) ----------------------------------------------
@@ -581,7 +586,7 @@ class H2Adapter:
         window = min(_MAX_WINDOW, max(_DEFAULT_WINDOW, 4 * options.h2_initial_window_size))
         if window > _DEFAULT_WINDOW:
             conn.increment_flow_control_window(window - _DEFAULT_WINDOW)
-        self._flush()
+        self._flush_now()
         if upgrade is not None and switch is not None:
             self._serve_upgrade(upgrade, switch.upgrade_body)
         self._rearm(self._ctx.clock())
@@ -717,7 +722,23 @@ class H2Adapter:
             raise StreamClosed("the connection is closed")
 
     def _flush(self) -> None:
-        if self._receiving or self._state is _ConnState.CLOSED:
+        """Have what h2 queued written: at the end of the current read, once at
+        the end of this loop turn (one write for every stream that answered in
+        it), or at once when driven without a loop."""
+        if self._receiving or self._flush_pending or self._state is _ConnState.CLOSED:
+            return
+        if self._schedule is None:
+            self._flush_now()
+            return
+        self._flush_pending = True
+        self._schedule(self._scheduled_flush)
+
+    def _scheduled_flush(self) -> None:
+        self._flush_pending = False
+        self._flush_now()
+
+    def _flush_now(self) -> None:
+        if self._state is _ConnState.CLOSED:
             return
         data = self._h2.data_to_send()
         if data:
@@ -726,6 +747,13 @@ class H2Adapter:
     def _write(self, data: bytes) -> None:
         if data and not self._transport.closing:
             self._transport.write(data)
+
+
+def _running_loop_call_soon() -> Callable[[Callable[[], None]], object] | None:
+    try:
+        return asyncio.get_running_loop().call_soon
+    except RuntimeError:
+        return None
 
 
 def _goaway_frame(last_stream_id: int, code: ErrorCodes) -> bytes:

@@ -52,6 +52,12 @@ def connect(*, exchange: bool = True, secure: bool = True, auto_ack: bool = True
     return Pair(link, adapter, client, factory, clock)
 
 
+async def settle() -> None:
+    """Let the loop run what is ready: tasks, then the adapter's end-of-turn flush."""
+    for _ in range(3):
+        await asyncio.sleep(0)
+
+
 # -- connection start ------------------------------------------------------------------
 
 
@@ -173,6 +179,38 @@ def test_sized_head_leaves_with_the_first_data_in_one_write() -> None:
     assert response.status == 200 and bytes(response.data) == b"ok" and response.ended
 
 
+class CountingLink(ByteLink):
+    def __init__(self, clock: FakeClock) -> None:
+        super().__init__(clock)
+        self.writes = 0
+
+    def write(self, data: bytes) -> None:
+        self.writes += 1
+        super().write(data)
+
+
+def test_responses_of_one_loop_turn_leave_in_one_write() -> None:
+    clock = FakeClock()
+    link = CountingLink(clock)
+    factory = RecordingFactory()
+    scheduled: list[Any] = []
+    adapter = H2Adapter(ctx=make_context(factory, clock=clock), transport=link,
+                        conn=make_conn(), schedule=scheduled.append)
+    link.attach(adapter)
+    client = H2Client(link)
+    ids = [client.request("GET", f"/{n}") for n in range(3)]
+    client.exchange()
+    before = link.writes
+    for handler in factory.handlers:
+        handler.sink.send_head(200, [(b"content-length", b"2")])
+        run_now(handler.sink.send_body(b"ok", True))
+    assert link.writes == before and len(scheduled) == 1, "one flush for the whole turn"
+    scheduled.pop()()
+    assert link.writes == before + 1
+    client.receive(link.take())
+    assert all(bytes(client.responses[i].data) == b"ok" for i in ids)
+
+
 def test_informational_head_then_final() -> None:
     pair = connect()
     stream_id = pair.client.request("GET", "/")
@@ -270,7 +308,7 @@ def test_send_body_waits_on_zero_window_and_resumes_on_window_update() -> None:
         sink = pair.factory.last.sink
         sink.send_head(200, [])
         task = asyncio.create_task(sink.send_body(b"z" * 250, True))
-        await asyncio.sleep(0)
+        await settle()
         pair.client.exchange()
         response = pair.client.responses[stream_id]
         assert len(response.data) == 100 and not task.done()
@@ -278,7 +316,7 @@ def test_send_body_waits_on_zero_window_and_resumes_on_window_update() -> None:
         for _ in range(3):
             pair.client.conn.acknowledge_received_data(100, stream_id)
             pair.client.exchange()
-            await asyncio.sleep(0)
+            await settle()
             pair.client.exchange()
         await asyncio.wait_for(task, 1)
         assert bytes(response.data) == b"z" * 250 and response.ended
@@ -295,7 +333,7 @@ def test_send_body_waits_for_the_transport() -> None:
         sink.send_head(200, [])
         pair.link.block_writes()
         task = asyncio.create_task(sink.send_body(b"x", False))
-        await asyncio.sleep(0)
+        await settle()
         assert not task.done()
         pair.link.unblock_writes()
         await asyncio.wait_for(task, 1)
@@ -312,7 +350,7 @@ def test_stalled_stream_is_reset_after_the_timeout() -> None:
         handler = pair.factory.last
         handler.sink.send_head(200, [])
         task = asyncio.create_task(handler.sink.send_body(b"never", True))
-        await asyncio.sleep(0)
+        await settle()
         assert pair.link.timer == 3.0
         pair.link.fire_timer()
         with pytest.raises(StreamClosed):
@@ -334,7 +372,7 @@ def test_stalled_connection_window_closes_the_connection() -> None:
         sink = pair.factory.last.sink
         sink.send_head(200, [])
         task = asyncio.create_task(sink.send_body(b"y" * 70000, True))
-        await asyncio.sleep(0)
+        await settle()
         pair.client.exchange()
         assert len(pair.client.responses[stream_id].data) == 65535
         pair.link.fire_timer()
@@ -385,7 +423,7 @@ def test_client_reset_wakes_a_stalled_writer() -> None:
         sink = pair.factory.last.sink
         sink.send_head(200, [])
         task = asyncio.create_task(sink.send_body(b"blocked", True))
-        await asyncio.sleep(0)
+        await settle()
         pair.client.conn.reset_stream(stream_id, ErrorCodes.CANCEL)
         pair.client.exchange()
         with pytest.raises(StreamClosed):
@@ -601,13 +639,13 @@ def test_upgraded_response_body_waits_for_the_client_preface() -> None:
         sink = factory.last.sink
         sink.send_head(200, [])
         task = asyncio.create_task(sink.send_body(b"b" * 100000, True))
-        await asyncio.sleep(0)
+        await settle()
         early = client.receive_data(link.take())
         assert not any(isinstance(e, h2.events.DataReceived) for e in early)
         link.feed(client.data_to_send())  # the preface and SETTINGS
         data = bytearray()
         for _ in range(20):
-            await asyncio.sleep(0)
+            await settle()
             for event in client.receive_data(link.take()):
                 if isinstance(event, h2.events.DataReceived):
                     data += event.data
@@ -676,7 +714,7 @@ def test_asgi_echo_through_the_dispatcher() -> None:
         stream_id = client.request("POST", "/echo", body=body)
         for _ in range(200):
             client.exchange(rounds=500)
-            await asyncio.sleep(0)
+            await settle()
             if client.responses[stream_id].ended:
                 break
         response = client.responses[stream_id]

@@ -1,0 +1,141 @@
+"""HTTP/2 over TLS hello world: requests/s with h2load, 10 connections × 10 streams.
+
+quicserve and Hypercorn (``-k uvloop``) serve ``bench.apps:hello`` side by
+side over TLS (ALPN h2), each in its own process on its own port with its
+access log off; ``h2load -c 10 -m 10 -n N`` measures each in interleaved
+rounds (``common.interleave``).
+
+Hypercorn closes an HTTP/2 connection after ``keep_alive_max_requests``
+(default 1000) requests, which h2load counts as failures rather than
+reconnecting, so it gets a config file raising that limit out of reach.
+Both servers keep their default of 100 concurrent streams per connection.
+
+Standalone: ``python bench/h2.py [--rounds N] [--requests N]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bench.common import (
+    BenchContext,
+    Group,
+    Server,
+    free_port,
+    interleave,
+    make_context,
+    render,
+    tool,
+)
+
+TITLE = "HTTP/2"
+APP = "bench.apps:hello"
+CONNECTIONS = 10
+STREAMS = 10
+#: Requests per measured run (a few seconds each on a laptop core).
+REQUESTS = 40000
+QUICK_REQUESTS = 5000
+
+_FINISHED = re.compile(rb"finished in [\d.]+m?s, ([\d.]+) req/s")
+_REQUESTS = re.compile(rb"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
+                       rb"(\d+) failed, (\d+) errored, (\d+) timeout")
+_STATUS = re.compile(rb"status codes: (\d+) 2xx")
+
+
+def h2load(url: str, requests: int) -> tuple[float, int]:
+    """(requests/s, errors): failed + errored + timed out + non-2xx requests."""
+    path = tool("h2load")
+    if path is None:
+        raise RuntimeError("h2load is not installed (make deps: nghttp2-client)")
+    result = subprocess.run([path, "-c", str(CONNECTIONS), "-m", str(STREAMS),
+                             "-n", str(requests), url], capture_output=True, timeout=600)
+    out = result.stdout
+    finished, counts, status = _FINISHED.search(out), _REQUESTS.search(out), _STATUS.search(out)
+    if finished is None or counts is None or status is None:
+        raise RuntimeError(f"cannot parse h2load output:\n{out.decode(errors='replace')}"
+                           f"{result.stderr.decode(errors='replace')}")
+    total = int(counts.group(1))
+    errors = int(counts.group(5)) + int(counts.group(6)) + int(counts.group(7))
+    errors += max(0, total - int(status.group(1)) - errors)
+    return float(finished.group(1)), errors
+
+
+def hypercorn_config(directory: Path, ctx: BenchContext, port: int) -> Path:
+    path = directory / "hypercorn.toml"
+    path.write_text(
+        f'bind = ["127.0.0.1:{port}"]\n'
+        f'certfile = "{ctx.certfile}"\n'
+        f'keyfile = "{ctx.keyfile}"\n'
+        'worker_class = "uvloop"\n'
+        'loglevel = "WARNING"\n'
+        '# h2load does not survive the default of 1000 requests per connection.\n'
+        'keep_alive_max_requests = 1000000000\n')
+    return path
+
+
+def servers(ctx: BenchContext, directory: Path) -> list[Server]:
+    python = ctx.python
+    ports = [free_port() for _ in range(2)]
+    config = hypercorn_config(directory, ctx, ports[1])
+    return [
+        Server("quicserve", [python, "-m", "quicserve", APP, "--bind", f"127.0.0.1:{ports[0]}",
+                             "--certfile", str(ctx.certfile), "--keyfile", str(ctx.keyfile),
+                             "--no-access-log", "--log-level", "warning", "--loop", "auto"],
+               ports[0]),
+        Server("hypercorn", [python, "-m", "hypercorn", "--config", str(config), APP], ports[1]),
+    ]
+
+
+def run(ctx: BenchContext) -> list[Group]:
+    requests = QUICK_REQUESTS if ctx.quick else REQUESTS
+    group = Group(
+        title=f"HTTP/2 over TLS hello world, {CONNECTIONS} connections × {STREAMS} streams",
+        unit="req/s",
+        command=f"h2load -c {CONNECTIONS} -m {STREAMS} -n {requests} https://127.0.0.1:PORT/",
+        baseline="hypercorn",
+        target=("quicserve", 2.0),
+    )
+    with tempfile.TemporaryDirectory(prefix="bench-h2-") as tmp:
+        running = servers(ctx, Path(tmp))
+        try:
+            for server in running:
+                server.start()
+            for server in running:
+                server.wait_tcp()
+
+            def measure(server: Server) -> tuple[float, int]:
+                return h2load(f"https://127.0.0.1:{server.port}/", requests)
+
+            def warmup(server: Server) -> tuple[float, int]:
+                return h2load(f"https://127.0.0.1:{server.port}/", max(1000, requests // 10))
+
+            measure.warmup = warmup  # type: ignore[attr-defined]
+            interleave(ctx, running, measure, group)
+        finally:
+            for server in running:
+                server.stop()
+    return [group]
+
+
+def main() -> int:
+    global REQUESTS
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--requests", type=int, default=REQUESTS)
+    args = parser.parse_args()
+    REQUESTS = args.requests
+    ctx = make_context(rounds=args.rounds, duration=10.0, quick=False)
+    print(render(run(ctx)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
