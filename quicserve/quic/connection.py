@@ -42,6 +42,7 @@ in hex.
 from __future__ import annotations
 
 import logging
+import ssl
 from typing import TYPE_CHECKING, Callable, Protocol
 
 from aioquic.h3.connection import ErrorCode as H3ErrorCode
@@ -58,6 +59,7 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from ..interfaces import Address, ConnectionContext, ConnectionInfo
 from ..log import error_logger
 from ..protocols.h3 import H3Adapter
+from .client_auth import ClientAuth, ClientAuthQuicConnection, Subject, peer_subject
 from .internals import ManagedQuicConnection
 from .router import Create
 from .settings import QuicSettings
@@ -133,7 +135,8 @@ class QuicSession:
 
     __slots__ = (
         "_ctx", "_quic", "_owner", "_server", "_adapter", "_handshake_done",
-        "_close_on_first_receive", "_client_dcid", "host_cid", "cid_hex", "_log",
+        "_close_on_first_receive", "_client_dcid", "_client_auth", "_client_cert", "_refused",
+        "host_cid", "cid_hex", "_log",
     )
 
     def __init__(
@@ -145,6 +148,7 @@ class QuicSession:
         server: Address | None,
         client_dcid: bytes,
         token_invalid: bool = False,
+        client_auth: ClientAuth | None = None,
     ) -> None:
         self._ctx = ctx
         self._quic = quic
@@ -156,6 +160,10 @@ class QuicSession:
         #: The DCID the client picked for its first Initials; routed until
         #: the handshake completes (the client then uses our CIDs).
         self._client_dcid = client_dcid
+        self._client_auth = client_auth
+        self._client_cert: Subject | None = None
+        #: The client certificate was refused: nothing more reaches the adapter.
+        self._refused = False
         #: The connection ID quicserve issued first (sequence 0).
         self.host_cid: bytes = quic.host_cid
         self.cid_hex = self.host_cid.hex()
@@ -236,6 +244,7 @@ class QuicSession:
             server=self._server,
             secure=True,
             connection_id=self.cid_hex,
+            client_cert=self._client_cert,
             extensions=extensions,
         )
 
@@ -263,7 +272,7 @@ class QuicSession:
             handler = _HANDLERS.get(type(event))
             if handler is not None:
                 handler(self, event)
-            elif self._adapter is not None:
+            elif self._adapter is not None and not self._refused:
                 self._adapter.handle_event(event)
             event = quic.next_event()
 
@@ -284,6 +293,17 @@ class QuicSession:
         self._log.debug("[%s] handshake completed (resumed=%s, 0-RTT=%s)", self.cid_hex,
                         event.session_resumed, event.early_data_accepted)
         self._owner.cid_retired(self, self._client_dcid)
+        if self._client_auth is not None:
+            self._check_client_certificate(self._client_auth)
+
+    def _check_client_certificate(self, auth: ClientAuth) -> None:
+        refusal = auth.check(self._quic)
+        if refusal is None:
+            self._client_cert = peer_subject(self._quic)
+            return
+        self._log.debug("[%s] %s", self.cid_hex, refusal.reason)
+        self._refused = True
+        self._transport_close(refusal.error_code, refusal.reason)
 
     def _on_cid_issued(self, event: ConnectionIdIssued) -> None:
         self._owner.cid_issued(self, event.connection_id)
@@ -325,21 +345,27 @@ class SessionFactory:
         self._reset_keys = reset_keys
         self._tickets = tickets
         self._server = server
+        self._client_auth = (ClientAuth(settings.verify_client, settings.ca_certs)
+                             if settings.verify_client != ssl.CERT_NONE else None)
 
     def create(self, action: Create, *, owner: SessionOwner) -> QuicSession:
         settings = self._settings
-        quic = ManagedQuicConnection(
+        auth = self._client_auth
+        # With client certificates, no tickets: a resumed (PSK) handshake
+        # would carry no certificate (see quic/client_auth.py).
+        quic = (ManagedQuicConnection if auth is None else ClientAuthQuicConnection)(
             configuration=settings.configuration,
             cid_issuer=self._issuer,
             reset_keys=self._reset_keys,
             original_destination_connection_id=action.original_dcid,
             retry_source_connection_id=action.retry_source_cid,
-            ticket_store=self._tickets,
+            ticket_store=self._tickets if auth is None else None,
             early_data=settings.early_data,
             max_streams_bidi=settings.max_streams,
         )
         session = QuicSession(ctx=self._ctx, quic=quic, owner=owner, server=self._server,
-                              client_dcid=action.dcid, token_invalid=action.token_invalid)
+                              client_dcid=action.dcid, token_invalid=action.token_invalid,
+                              client_auth=auth)
         error_logger.debug("[%s] new QUIC connection (version 0x%x, retry=%s)", session.cid_hex,
                            action.version, action.retry_source_cid is not None)
         return session

@@ -212,10 +212,15 @@ class QuicHarness:
         self.clients: list[H3Client] = []
 
     def client(self, *, address: Address = CLIENT_ADDR, connect: bool = True,
-               h0: bool = False, alpn: Iterable[str] | None = None, **options: Any) -> H3Client:
+               h0: bool = False, alpn: Iterable[str] | None = None,
+               certificate: tuple[str, str] | None = None, **options: Any) -> H3Client:
+        """A client at ``address``; ``certificate`` is (certfile, keyfile) to
+        present when the server asks for one."""
         alpn = alpn if alpn is not None else (("hq-interop",) if h0 else ("h3",))
-        client = H3Client(client_configuration(self.ca, alpn=alpn, **options), address=address,
-                          h0=h0)
+        configuration = client_configuration(self.ca, alpn=alpn, **options)
+        if certificate is not None:
+            configuration.load_cert_chain(certificate[0], certificate[1])
+        client = H3Client(configuration, address=address, h0=h0)
         self.clients.append(client)
         if connect:
             client.connect(SERVER_ADDR, self.clock.now)

@@ -495,3 +495,85 @@ def test_unknown_alpn_is_refused(certs: CertSet) -> None:
         await h.run(lambda: client.terminated is not None)
         assert client.handshake is None
     run(main())
+
+
+# --------------------------------------------------------------------------
+# Client certificates (--ca-certs / --verify-mode), as on TCP
+
+
+def self_signed(tmp: Any) -> tuple[str, str]:
+    """A client certificate no CA vouches for."""
+    import datetime
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "stranger")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (x509.CertificateBuilder().subject_name(name).issuer_name(name)
+            .public_key(key.public_key()).serial_number(x509.random_serial_number())
+            .not_valid_before(now - datetime.timedelta(days=1))
+            .not_valid_after(now + datetime.timedelta(days=1))
+            .sign(key, hashes.SHA256()))
+    cert_path, key_path = tmp / "stranger.pem", tmp / "stranger.key"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(key.private_bytes(serialization.Encoding.PEM,
+                                           serialization.PrivateFormat.PKCS8,
+                                           serialization.NoEncryption()))
+    return str(cert_path), str(key_path)
+
+
+CERTIFICATE_REQUIRED = 0x100 + 116
+BAD_CERTIFICATE = 0x100 + 42
+
+
+def test_required_client_certificate_is_verified_and_exposed(certs: CertSet) -> None:
+    async def main() -> None:
+        h = harness(certs, apps.hello, ca_certs=str(certs.ca))
+        client = h.client(certificate=(str(certs.client_cert), str(certs.client_key)))
+        stream_id = client.request("GET", "/")
+        await h.run(done(client, stream_id))
+        assert client.response(stream_id).status == 200
+        (session,) = h.endpoint.sessions
+        subject = session.connection_info().client_cert
+        assert subject is not None
+        assert any(key == "commonName" for rdn in subject for key, _ in rdn)
+        assert client.tickets == [], "no resumption: it would skip the client certificate"
+    run(main())
+
+
+def test_required_client_certificate_missing_closes_the_connection(certs: CertSet) -> None:
+    async def main() -> None:
+        h = harness(certs, apps.hello, ca_certs=str(certs.ca), verify_mode="required")
+        client = h.client()
+        client.request("GET", "/")
+        await h.run(lambda: client.terminated is not None)
+        assert client.terminated.error_code == CERTIFICATE_REQUIRED
+        assert h.stats.requests == 0
+    run(main())
+
+
+def test_untrusted_client_certificate_is_refused(certs: CertSet, tmp_path: Any) -> None:
+    async def main() -> None:
+        h = harness(certs, apps.hello, ca_certs=str(certs.ca), verify_mode="optional")
+        client = h.client(certificate=self_signed(tmp_path))
+        client.request("GET", "/")
+        await h.run(lambda: client.terminated is not None)
+        assert client.terminated.error_code == BAD_CERTIFICATE
+        assert h.stats.requests == 0
+    run(main())
+
+
+def test_optional_client_certificate_may_be_absent(certs: CertSet) -> None:
+    async def main() -> None:
+        h = harness(certs, apps.hello, ca_certs=str(certs.ca), verify_mode="optional")
+        client = h.client()
+        stream_id = client.request("GET", "/")
+        await h.run(done(client, stream_id))
+        assert client.response(stream_id).status == 200
+        (session,) = h.endpoint.sessions
+        assert session.connection_info().client_cert is None
+    run(main())
