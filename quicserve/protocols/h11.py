@@ -434,7 +434,7 @@ class H11Adapter:
         "ctx", "transport", "_conn", "_conn10", "_h2c", "phase", "exchange", "_parser",
         "_max_head", "_high_water", "_held", "_unconsumed", "_paused",
         "_backlog", "_drained", "_preface", "_first", "_upgrade", "_upgrade_body",
-        "shutting_down", "_close_after_write", "_fed",
+        "shutting_down", "_close_after_write", "_fed", "_head_timer",
     )
 
     def __init__(
@@ -476,6 +476,8 @@ class H11Adapter:
         self._upgrade_body = b""
         self.shutting_down = False
         self._close_after_write = False
+        #: The read timeout of the current head is armed.
+        self._head_timer = False
         transport.set_timeout(options.keep_alive)
 
     @property
@@ -651,8 +653,13 @@ class H11Adapter:
         if held is not None:
             self._held = None
             self._deliver(held, True)
-        if self.phase is Phase.BODY:
+        phase = self.phase
+        if phase is Phase.BODY:
             self._arm_body_timer()
+        elif phase is Phase.HEAD and not self._head_timer:
+            # Once per head, from its first byte: dribbling does not extend it.
+            self._head_timer = True
+            self.transport.set_timeout(self.ctx.options.read_timeout)
         return None
 
     def _arm_body_timer(self) -> None:
@@ -837,7 +844,9 @@ class H11Adapter:
         self.phase = phase
         if phase is Phase.IDLE:
             return  # the caller arms keep-alive once the cycle is set up
-        if phase is Phase.HEAD or phase is Phase.DRAINING:
+        if phase is Phase.HEAD:
+            self._head_timer = False  # armed by _process if the head is incomplete
+        elif phase is Phase.DRAINING:
             self.transport.set_timeout(self.ctx.options.read_timeout)
         elif phase is Phase.SWITCHED:
             self.transport.set_timeout(None)

@@ -498,10 +498,8 @@ def response_headers(
     out: list[tuple[bytes, bytes]] = []
     seen_date = seen_server = seen_alt_svc = False
     for name, value in headers:
-        if not _LOWER_TOKEN_RE.fullmatch(name):
-            name = name.lower()
-            if not _LOWER_TOKEN_RE.fullmatch(name):
-                raise ProtocolError(f"bad response header name {name[:64]!r}", status=500)
+        if name not in _GOOD_NAMES:
+            name = _check_name(name)
         if b"\r" in value or b"\n" in value or b"\x00" in value:
             raise ProtocolError(f"bad response header value for {name[:64]!r}", status=500)
         if multiplexed and name in _CONNECTION_SPECIFIC:
@@ -527,6 +525,22 @@ def response_headers(
     if alt_svc and defaults.alt_svc is not None and not seen_alt_svc:
         out.append((b"alt-svc", defaults.alt_svc))
     return out
+
+
+#: Response header names already validated (apps repeat the same few): a set
+#: lookup instead of a regex match per header.  Bounded.
+_GOOD_NAMES: set[bytes] = set()
+_GOOD_NAMES_MAX = 4096
+
+
+def _check_name(name: bytes) -> bytes:
+    """Lowercase and validate a response header name (cached when valid)."""
+    lowered = name.lower()
+    if not _LOWER_TOKEN_RE.fullmatch(lowered):
+        raise ProtocolError(f"bad response header name {name[:64]!r}", status=500)
+    if lowered == name and len(_GOOD_NAMES) < _GOOD_NAMES_MAX:
+        _GOOD_NAMES.add(name)
+    return lowered
 
 
 def trailer_fields(headers: Headers) -> list[tuple[bytes, bytes]]:
