@@ -313,6 +313,9 @@ class H2Adapter:
         #: ``call_soon`` unless given; None (no loop: sans-IO tests) writes at once.
         self._schedule = schedule if schedule is not None else _running_loop_call_soon()
         self._flush_pending = False
+        #: DATA bytes queued in h2 since the last write to the transport.
+        self._unflushed = 0
+        self._high_water = options.stream_high_water
         self._idle_since: float | None = ctx.clock()
         self._timer_deadline: float | None = None
         #: Streams waiting on a zero window -> since when.
@@ -435,6 +438,7 @@ class H2Adapter:
                                end_stream=end and sent + size == total)
                 sent += size
                 window -= size
+        self._unflushed += sent
         if sent:
             self._flush()
         return sent
@@ -725,10 +729,14 @@ class H2Adapter:
         """Have what h2 queued written: at the end of the current read, once at
         the end of this loop turn (one write for every stream that answered in
         it), or at once when driven without a loop."""
-        if self._receiving or self._flush_pending or self._state is _ConnState.CLOSED:
+        if self._receiving or self._state is _ConnState.CLOSED:
             return
-        if self._schedule is None:
+        if self._schedule is None or self._unflushed >= self._high_water:
+            # Past the high-water mark the bytes go to the transport now, so
+            # that its backpressure (wait_writable) sees them.
             self._flush_now()
+            return
+        if self._flush_pending:
             return
         self._flush_pending = True
         self._schedule(self._scheduled_flush)
@@ -740,6 +748,7 @@ class H2Adapter:
     def _flush_now(self) -> None:
         if self._state is _ConnState.CLOSED:
             return
+        self._unflushed = 0
         data = self._h2.data_to_send()
         if data:
             self._transport.write(data)

@@ -211,6 +211,27 @@ def test_responses_of_one_loop_turn_leave_in_one_write() -> None:
     assert all(bytes(client.responses[i].data) == b"ok" for i in ids)
 
 
+def test_a_turn_of_bulk_data_goes_to_the_transport_past_the_high_water_mark() -> None:
+    """Deferring writes must not hide bytes from the transport's backpressure."""
+    clock = FakeClock()
+    link = CountingLink(clock)
+    factory = RecordingFactory()
+    scheduled: list[Any] = []
+    adapter = H2Adapter(ctx=make_context(factory, clock=clock, stream_high_water=50000),
+                        transport=link, conn=make_conn(), schedule=scheduled.append)
+    link.attach(adapter)
+    client = H2Client(link, settings=make_settings(initial_window_size=2**31 - 1))
+    client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+    client.request("GET", "/")
+    client.exchange()
+    sink = factory.last.sink
+    sink.send_head(200, [])
+    before = len(link.written)
+    for _ in range(10):
+        run_now(sink.send_body(b"d" * 20000, False))
+    assert len(link.written) - before >= 150000, "most of the 200 kB reached the transport"
+
+
 def test_informational_head_then_final() -> None:
     pair = connect()
     stream_id = pair.client.request("GET", "/")
