@@ -207,7 +207,6 @@ class H3Adapter:
         control = self._h3.send_goaway(self._goaway_at)
         if control is not None:
             self._flushing.add(control)
-        self._flushing.update(self._streams)
         log.error_logger.debug("HTTP/3 GOAWAY %d sent", self._goaway_at)
         self._close_if_done()
         self._session.mark_dirty()
@@ -391,6 +390,9 @@ class H3Adapter:
     def _forget(self, stream: RequestStream) -> None:
         if self._streams.get(stream.stream_id) is stream:
             del self._streams[stream.stream_id]
+            if self._goaway_at is not None:
+                # Its last bytes may still be unacknowledged: wait for them.
+                self._flushing.add(stream.stream_id)
             self._close_if_done()
 
     def _close_if_done(self) -> None:

@@ -333,3 +333,31 @@ def test_no_reply_to_an_undersized_initial(server: ThreadedServer) -> None:
     packet = long_header(version=1, dcid=os.urandom(8), scid=os.urandom(8), size=1000)
     assert exchange(udp(server), packet, 0.5) is None
     assert server.statistics()["datagrams_dropped"] == dropped + 1
+
+
+# --------------------------------------------------------------------------
+# Key log and qlog
+
+
+def test_sslkeylogfile_is_honoured_for_quic(certs: CertSet, tmp_path: Path,
+                                           monkeypatch: pytest.MonkeyPatch) -> None:
+    keylog = tmp_path / "keys.log"
+    monkeypatch.setenv("SSLKEYLOGFILE", str(keylog))
+    with start(certs) as server:
+        host, port = udp(server)
+        assert gtlsclient(host, port, ["/hello"]).returncode == 0
+    labels = {line.split()[0] for line in keylog.read_text().splitlines() if line.strip()}
+    assert {"CLIENT_HANDSHAKE_TRAFFIC_SECRET", "SERVER_HANDSHAKE_TRAFFIC_SECRET",
+            "CLIENT_TRAFFIC_SECRET_0", "SERVER_TRAFFIC_SECRET_0"} <= labels
+
+
+def test_qlog_file_per_connection(certs: CertSet, tmp_path: Path) -> None:
+    qlogs = tmp_path / "qlog"
+    qlogs.mkdir()
+    with start(certs, quic_qlog_dir=str(qlogs)) as server:
+        host, port = udp(server)
+        assert gtlsclient(host, port, ["/hello"]).returncode == 0
+        server.wait_statistics(lambda stats: stats["quic_sessions"] == 0, timeout=10)
+    (qlog,) = list(qlogs.iterdir())
+    assert qlog.suffix == ".qlog"
+    assert '"qlog_version"' in qlog.read_text()

@@ -304,8 +304,11 @@ class _H3ClientProtocol(QuicConnectionProtocol):
         self.http = H3Connection(self._quic)
         self.responses: dict[int, Response] = {}
         self.waiters: dict[int, asyncio.Future[Response]] = {}
+        self.terminated: ConnectionTerminated | None = None
 
     def quic_event_received(self, event: QuicEvent) -> None:
+        if isinstance(event, ConnectionTerminated):
+            self.terminated = event
         if isinstance(event, StreamReset) and event.stream_id in self.responses:
             self.responses[event.stream_id].reset_code = event.error_code
             self._finish(event.stream_id)
