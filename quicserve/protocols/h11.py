@@ -509,7 +509,7 @@ class H11Adapter:
         if phase is Phase.IDLE:
             self._transition(_Event.DATA)
             self._feed(data)
-        elif phase is Phase.HEAD:
+        elif phase is Phase.HEAD or self._backlog:  # (the backlog keeps the order)
             self._feed(data)
         else:  # body bytes: all at once, for big reads
             self._parser.receive_data(data)
@@ -636,9 +636,9 @@ class H11Adapter:
                 self._on_request(cast(h11.Request, event))
             elif kind is h11.EndOfMessage:
                 # The request is complete: what follows (pipelined requests)
-                # waits in h11's buffer for the next cycle, so stop here
-                # rather than ask h11 again.  A drained request already
-                # started the next cycle inside _on_end.
+                # waits in h11's buffer and the backlog for the next cycle,
+                # so stop here rather than ask h11 again.  A drained request
+                # already started the next cycle inside _on_end.
                 return self._on_end()
             elif event is h11.NEED_DATA:
                 if not self._backlog:
