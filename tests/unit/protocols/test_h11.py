@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import random
+import re
 import hashlib
 from typing import Any
 
@@ -1030,3 +1032,61 @@ def test_real_app_trailers() -> None:
         assert dict(events[-1].headers) == {b"x-digest": b"abc"}
 
     run(main)
+
+
+# -- chunking adversary ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(20))
+def test_random_splits_of_a_pipelined_mix(seed: int) -> None:
+    """Content-Length, chunked and bodiless requests, pipelined, cut at random
+    points: every stream gets exactly its body, every response parses, in order."""
+    rng = random.Random(seed)
+    client = h11.Connection(h11.CLIENT)
+    wire = bytearray()
+    expected: list[tuple[bytes, bytes]] = []
+    for i in range(12):
+        kind = rng.choice(["get", "length", "chunked"])
+        body = rng.randbytes(rng.randrange(0, 3000)) if kind != "get" else b""
+        headers = [("host", "x")]
+        if kind == "length":
+            headers.append(("content-length", str(len(body))))
+        elif kind == "chunked":
+            headers.append(("transfer-encoding", "chunked"))
+        wire += client.send(h11.Request(method="POST" if body else "GET", target=f"/{i}",
+                                        headers=headers)) or b""
+        if body:
+            cut = rng.randrange(0, len(body) + 1)
+            for part in (body[:cut], body[cut:]):
+                if part:
+                    wire += client.send(h11.Data(data=part)) or b""
+        wire += client.send(h11.EndOfMessage()) or b""
+        expected.append((f"/{i}".encode(), body))
+        client = h11.Connection(h11.CLIENT)  # it pipelines: a fresh client per request
+
+    h = Harness(stream_high_water=1024, h11_max_incomplete_size=2048)
+    position = 0
+    answered = 0
+    credited = 0
+    for _ in range(10000):  # bounded
+        if answered == len(expected):
+            break
+        stream = h.streams[answered] if len(h.streams) > answered else None
+        if stream is not None and stream.ended:
+            target, body = expected[answered]
+            assert stream.head.target == target and stream.body == body
+            stream.respond(body=b"r%d" % answered)
+            answered += 1
+            credited = 0
+            continue
+        if stream is not None and h.link.reading_paused and len(stream.body) > credited:
+            stream.sink.credit(len(stream.body) - credited)  # the app reads what it has
+            credited = len(stream.body)
+            continue
+        assert position < len(wire), "stalled"
+        step = rng.randrange(1, 700)
+        h.link.feed(bytes(wire[position:position + step]))
+        position += step
+    assert answered == len(expected)
+    out = h.link.take()
+    assert [int(n) for n in re.findall(rb"\r\n\r\nr(\d+)", out)] == list(range(len(expected)))
