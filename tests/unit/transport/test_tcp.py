@@ -290,6 +290,34 @@ def test_write_backpressure_waits_until_the_client_reads(loop: str) -> None:
     run_on(loop, main)
 
 
+def test_ipv6_connection_info() -> None:
+    if not socket.has_ipv6:
+        pytest.skip("no IPv6")
+
+    async def main() -> None:
+        Recorder.reset()
+        sock = socket.socket(socket.AF_INET6, socket.SOCK_STREAM)
+        try:
+            sock.bind(("::1", 0))
+        except OSError:
+            pytest.skip("no ::1")
+        sock.listen(8)
+        listener = await start_listener(sock=sock, adapters={"http/1.1": Recorder})
+        host, port = listener.addresses[0]  # type: ignore[misc]
+        assert host == "::1"
+        reader, writer = await asyncio.open_connection("::1", port)
+        writer.write(b"hi")
+        recorder = await Recorder.first()
+        await asyncio.wait_for(recorder.got_data.wait(), 5)
+        assert recorder.conn.server == ("::1", port)
+        assert recorder.conn.client is not None and recorder.conn.client[0] == "::1"
+        writer.close()
+        listener.abort()
+        await asyncio.wait_for(listener.wait_closed(), 5)
+
+    run_on("asyncio", main)
+
+
 def test_unix_socket_connection_info() -> None:
     async def main() -> None:
         Recorder.reset()
