@@ -352,7 +352,7 @@ def render(groups: Iterable[Group]) -> str:
     parts = []
     for group in groups:
         parts.append(f"### {group.title}\n")
-        parts.append(f"Load: `{group.command}`\n")
+        parts.append(f"Load: `{group.command}`\n\n")
         parts.extend(line + "\n" for line in table(group))
         parts.append("\n")
     return "".join(parts)
