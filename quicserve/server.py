@@ -32,7 +32,13 @@ lifespan shutdown.
 
 ``serve()`` and ``run()`` are the public entry points; ``run_config()`` is what
 the CLI calls, and ``run_with_reload()`` is ``--reload``.  With ``--workers`` > 1
-``run_config()`` hands over to ``supervisor.run(config)``.
+(or ``--max-requests``) ``run_config()`` hands over to ``supervisor.run(config)``.
+
+Why one module of ~800 lines: DESIGN.md allows processes and signals only
+here, in ``supervisor.py`` and in ``transport/``, and each part is short —
+:class:`Server` (the wiring), the entry points, and the ``--reload`` parent
+(:class:`_Reloader`, which could join the supervisor) — most lines are the
+docstrings that say why.
 """
 
 from __future__ import annotations
