@@ -88,14 +88,15 @@ from .h2_flood import Flood, FloodGuard, FloodLimits
 from .head import pseudo_request_head, response_headers
 
 #: One configuration for every connection; h2 only reads it.  Outbound headers
-#: are normalized (lowercased, connection-specific fields dropped) but not
-#: re-validated: ``head.response_headers`` already did that.
+#: are neither validated nor normalized by h2: ``head.response_headers``
+#: validated and lowercased them, and :func:`_h2_fields` drops what HTTP/2
+#: forbids, in one pass instead of h2's chain of generators.
 _CONFIG = H2Configuration(
     client_side=False,
     header_encoding=None,
     validate_inbound_headers=True,
     validate_outbound_headers=False,
-    normalize_outbound_headers=True,
+    normalize_outbound_headers=False,
 )
 
 _RESET_CODES = {
@@ -115,6 +116,9 @@ _DEFAULT_WINDOW = 65535
 #: Request fields h2c's Upgrade request carried for the HTTP/1.1 hop only.
 _UPGRADE_ONLY = frozenset({b"connection", b"upgrade", b"http2-settings", b"keep-alive",
                            b"proxy-connection", b"transfer-encoding"})
+#: Fields an HTTP/2 message must not carry (RFC 9113 8.2.2).
+_CONNECTION_SPECIFIC = frozenset({b"connection", b"upgrade", b"keep-alive", b"proxy-connection",
+                                  b"transfer-encoding"})
 
 #: Trailers carry none of the response defaults (Date, Server, Alt-Svc).
 _NO_DEFAULTS = ResponseDefaults(server=None, date=False)
@@ -407,8 +411,10 @@ class H2Adapter:
         fields = response_headers(status, headers, self._ctx.response_defaults,
                                   now=self._ctx.clock(), alt_svc=self._conn.secure)
         status_bytes = _STATUS_BYTES.get(status) or str(status).encode("ascii")
+        block = [(b":status", status_bytes)]
+        block += _h2_fields(fields)
         with map_exceptions(_STREAM_ERRORS):
-            self._h2.send_headers(stream.stream_id, [(b":status", status_bytes), *fields])
+            self._h2.send_headers(stream.stream_id, block)
         if status < 200 or stream.websocket or not _declares_length(fields):
             self._flush()
         # else the body follows at once (the app knows its length): the head
@@ -447,7 +453,7 @@ class H2Adapter:
         self._require_open(stream)
         fields = response_headers(200, headers, _NO_DEFAULTS, now=0.0, alt_svc=False)
         with map_exceptions(_STREAM_ERRORS):
-            self._h2.send_headers(stream.stream_id, fields, end_stream=True)
+            self._h2.send_headers(stream.stream_id, _h2_fields(fields), end_stream=True)
         self._flush()
 
     async def wait_writable(self, stream: H2Stream) -> None:
@@ -770,6 +776,13 @@ def _goaway_frame(last_stream_id: int, code: ErrorCodes) -> bytes:
     forbid finishing the in-flight streams (RFC 9113 6.8 allows it)."""
     header = (8).to_bytes(3, "big") + bytes((0x7, 0)) + (0).to_bytes(4, "big")
     return header + (last_stream_id & _MAX_WINDOW).to_bytes(4, "big") + int(code).to_bytes(4, "big")
+
+
+def _h2_fields(fields: list[tuple[bytes, bytes]]) -> list[tuple[bytes, bytes]]:
+    """Drop connection-specific fields and the whitespace HTTP/2 forbids
+    around values (RFC 9113 8.2.1)."""
+    return [(name, value.strip(b" \t")) for name, value in fields
+            if name not in _CONNECTION_SPECIFIC]
 
 
 def _declares_length(fields: list[tuple[bytes, bytes]]) -> bool:

@@ -127,12 +127,14 @@ def test_connection_specific_response_headers_are_dropped() -> None:
     pair.client.exchange()
     sink = pair.factory.last.sink
     sink.send_head(200, [(b"connection", b"keep-alive"), (b"transfer-encoding", b"chunked"),
-                         (b"x-kept", b"1")])
+                         (b"x-kept", b"1"), (b"x-padded", b"  value\t")])
     run_now(sink.send_body(b"ok", True))
     pair.client.exchange()
     response = pair.client.responses[stream_id]
     assert response.status == 200 and response.header(b"x-kept") == b"1"
     assert response.header(b"connection") is None
+    assert response.header(b"transfer-encoding") is None
+    assert response.header(b"x-padded") == b"value", "RFC 9113 8.2.1: no surrounding whitespace"
 
 
 def test_post_body_delivered_one_byte_at_a_time() -> None:
