@@ -292,7 +292,7 @@ class HTTPStream:
             self._sink.send_head(self._status, self._headers)
         if self._head_only:
             body = b""
-        if body or event is _Event.BODY_END:
+        if body or event is _Event.BODY_END or previous is ResponseState.STARTED:
             self._sent_bytes += len(body)
             await self._write(body, event is _Event.BODY_END)
         if self._state is ResponseState.DONE:

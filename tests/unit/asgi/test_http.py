@@ -350,14 +350,17 @@ def test_streamed_body_waits_for_sink_backpressure() -> None:
 
 
 def test_empty_more_body_chunks_are_not_written() -> None:
+    """Only the first empty chunk reaches the protocol: it pushes the held head
+    out (an event stream's headers must not wait for its first event)."""
     async def app(scope: Any, receive: Any, send: Any) -> None:
         await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"", "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": True})
         await send({"type": "http.response.body", "body": b"x", "more_body": True})
         await send({"type": "http.response.body", "body": b""})
 
     sink = run(Server(app).request())
-    assert sink.chunks == [b"x", b""]
+    assert sink.chunks == [b"", b"x", b""]
 
 
 def test_access_log_line(caplog: pytest.LogCaptureFixture) -> None:
