@@ -49,6 +49,7 @@ header comes from ``ctx.clock``), and every write is followed by
 from __future__ import annotations
 
 import asyncio
+import enum
 from typing import TYPE_CHECKING
 
 from aioquic.h3.connection import ErrorCode
@@ -56,7 +57,7 @@ from aioquic.h3.events import DataReceived, H3Event, HeadersReceived
 from aioquic.quic.events import StopSendingReceived, StreamDataReceived, StreamReset
 
 from .. import log
-from ..errors import ProtocolError, StreamClosed
+from ..errors import ProtocolError, QuicserveError, StreamClosed
 from ..interfaces import (
     ConnectionContext,
     Headers,
@@ -83,37 +84,94 @@ def is_request_stream(stream_id: int) -> bool:
     return stream_id % 4 == 0
 
 
+class StreamState(enum.Enum):
+    """A request stream's two halves, as QUIC sees them (RFC 9000 3)."""
+
+    OPEN = "open"
+    #: The request's FIN arrived; the response is still going out.
+    REQUEST_DONE = "request received"
+    #: The response's FIN went out; the request body is still arriving.
+    RESPONSE_DONE = "response sent"
+    CLOSED = "closed"
+    #: Reset either way, or the connection was lost: nothing more goes out.
+    RESET = "reset"
+
+
+class StreamEvent(enum.Enum):
+    REQUEST_END = "request end"
+    RESPONSE_END = "response end"
+    RESET = "reset"
+
+
+_TRANSITIONS: dict[tuple[StreamState, StreamEvent], StreamState] = {
+    (StreamState.OPEN, StreamEvent.REQUEST_END): StreamState.REQUEST_DONE,
+    (StreamState.OPEN, StreamEvent.RESPONSE_END): StreamState.RESPONSE_DONE,
+    (StreamState.REQUEST_DONE, StreamEvent.RESPONSE_END): StreamState.CLOSED,
+    (StreamState.RESPONSE_DONE, StreamEvent.REQUEST_END): StreamState.CLOSED,
+    (StreamState.OPEN, StreamEvent.RESET): StreamState.RESET,
+    (StreamState.REQUEST_DONE, StreamEvent.RESET): StreamState.RESET,
+    (StreamState.RESPONSE_DONE, StreamEvent.RESET): StreamState.RESET,
+}
+_RECEIVING = frozenset({StreamState.OPEN, StreamState.RESPONSE_DONE})
+_SENDING = frozenset({StreamState.OPEN, StreamState.REQUEST_DONE})
+_FINISHED = frozenset({StreamState.CLOSED, StreamState.RESET})
+
+
+class StreamStateError(QuicserveError):
+    """A request stream was moved in a way its state does not allow (a bug)."""
+
+    def __init__(self, stream_id: int, state: StreamState, event: StreamEvent) -> None:
+        super().__init__(f"HTTP/3 stream {stream_id}: {event.value} in state {state.value}")
+
+
 class RequestStream:
     """One request stream: the adapter's bookkeeping and the app's sink.
 
-    Both halves are tracked separately, as QUIC does: ``receiving`` until the
-    request's FIN or a reset, ``sending`` until our FIN or a reset.  The
-    stream leaves the adapter when neither is open.  ``broken`` is set when
-    the response can no longer be delivered (reset either way, connection
-    lost); ``send_body`` then raises ``StreamClosed``.
+    Its :class:`StreamState` moves only through :meth:`transition`, with the
+    table ``_TRANSITIONS``::
+
+        OPEN --request end--> REQUEST_DONE --response end--> CLOSED
+          |  --response end--> RESPONSE_DONE --request end--> CLOSED
+          +--reset (from OPEN, REQUEST_DONE or RESPONSE_DONE)--> RESET
+
+    The stream leaves the adapter in CLOSED or RESET.  In RESET the response
+    can no longer be delivered and ``send_body`` raises ``StreamClosed``.
     """
 
-    __slots__ = (
-        "stream_id", "handler", "receiving", "sending", "broken", "framing_held",
-        "_adapter", "_writable",
-    )
+    __slots__ = ("stream_id", "handler", "state", "framing_held", "_adapter", "_writable")
 
     def __init__(self, adapter: H3Adapter, stream_id: int) -> None:
         self._adapter = adapter
         self.stream_id = stream_id
         self.handler: StreamHandler | None = None
-        self.receiving = True
-        self.sending = True
-        self.broken = False
+        self.state = StreamState.OPEN
         #: Bytes aioquic's H3 layer buffers for this stream (a partial HEADERS
         #: frame), charged against the stream's receive window.
         self.framing_held = 0
         self._writable: asyncio.Event | None = None
 
+    @property
+    def receiving(self) -> bool:
+        return self.state in _RECEIVING
+
+    @property
+    def sending(self) -> bool:
+        return self.state in _SENDING
+
+    @property
+    def finished(self) -> bool:
+        return self.state in _FINISHED
+
+    def transition(self, event: StreamEvent) -> None:
+        state = _TRANSITIONS.get((self.state, event))
+        if state is None:
+            raise StreamStateError(self.stream_id, self.state, event)
+        self.state = state
+
     # -- StreamSink ---------------------------------------------------------
 
     def send_head(self, status: int, headers: Headers) -> None:
-        if self.sending and not self.broken:
+        if self.sending:
             self._adapter.write_head(self, status, headers)
 
     async def send_body(self, data: bytes, end: bool) -> None:
@@ -128,7 +186,7 @@ class RequestStream:
             await self._wait_writable()
 
     def send_trailers(self, headers: Headers) -> None:
-        if self.sending and not self.broken:
+        if self.sending:
             self._adapter.write_trailers(self, headers)
 
     def reset(self, reason: ResetReason) -> None:
@@ -150,7 +208,7 @@ class RequestStream:
             self._writable.clear()
             self._adapter.blocked.add(self)
             await self._writable.wait()
-        if self.broken:
+        if self.state is StreamState.RESET:
             raise StreamClosed(f"HTTP/3 stream {self.stream_id} was closed")
 
 
@@ -216,12 +274,12 @@ class H3Adapter:
         self._flushing.clear()
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
-            stream.broken = True
-            stream.receiving = stream.sending = False
+            if not stream.finished:
+                stream.transition(StreamEvent.RESET)
             if stream.handler is not None:
                 stream.handler.abort("connection lost")
         for stream in list(self.blocked):
-            stream.broken = True
+            stream.state = StreamState.RESET  # even a finished one: no ACK will come
             stream.wake()
         self.blocked.clear()
 
@@ -288,13 +346,13 @@ class H3Adapter:
             return
         self._session.withhold_credit(stream.stream_id, len(event.data))
         if event.stream_ended:
-            stream.receiving = False
+            stream.transition(StreamEvent.REQUEST_END)
         stream.handler.receive_body(event.data, not event.stream_ended)
         if event.stream_ended:
             self._maybe_done(stream)
 
     def _end_of_request(self, stream: RequestStream) -> None:
-        stream.receiving = False
+        stream.transition(StreamEvent.REQUEST_END)
         if stream.handler is not None:
             stream.handler.receive_body(b"", False)
         self._maybe_done(stream)
@@ -342,34 +400,36 @@ class H3Adapter:
         self._session.mark_dirty()
 
     def write_body(self, stream: RequestStream, data: bytes, end: bool) -> None:
-        if stream.broken or not stream.sending:
+        if not stream.sending:
             raise StreamClosed(f"HTTP/3 stream {stream.stream_id} was closed")
         self._h3.send_data(stream.stream_id, data, end)
         self._session.mark_dirty()
         if end:
-            stream.sending = False
+            stream.transition(StreamEvent.RESPONSE_END)
             self._maybe_done(stream)
 
     def write_trailers(self, stream: RequestStream, headers: Headers) -> None:
         self._h3.send_headers(stream.stream_id, list(headers), end_stream=True)
-        stream.sending = False
+        stream.transition(StreamEvent.RESPONSE_END)
         self._session.mark_dirty()
         self._maybe_done(stream)
 
     def must_wait(self, stream: RequestStream) -> bool:
-        if stream.broken:
+        if stream.state is StreamState.RESET:
             return False
         return self._session.stream_send_pending(stream.stream_id) > self.high_water
 
     def reset_stream(self, stream: RequestStream, code: int) -> None:
-        """Reset both halves of ``stream`` that are still open, and forget it."""
+        """Reset both halves of ``stream`` that are still open, and forget it.
+        A no-op for a stream that is already closed or reset."""
+        if stream.finished:
+            return
         if stream.sending:
             self._quic.reset_stream(stream.stream_id, code)
         if stream.receiving:
             self._stop(stream.stream_id, code)
         self._h3.discard(stream.stream_id)
-        stream.broken = True
-        stream.receiving = stream.sending = False
+        stream.transition(StreamEvent.RESET)
         stream.wake()
         self._forget(stream)
         self._session.mark_dirty()
@@ -384,7 +444,7 @@ class H3Adapter:
             pass
 
     def _maybe_done(self, stream: RequestStream) -> None:
-        if not stream.receiving and not stream.sending:
+        if stream.finished:
             self._forget(stream)
 
     def _forget(self, stream: RequestStream) -> None:

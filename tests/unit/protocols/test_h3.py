@@ -25,7 +25,13 @@ from aioquic.quic.events import QuicEvent, StopSendingReceived, StreamDataReceiv
 from quicserve.config import Config
 from quicserve.interfaces import ConnectionInfo
 from quicserve.protocols import h3_wire
-from quicserve.protocols.h3 import H3Adapter
+from quicserve.protocols.h3 import (
+    H3Adapter,
+    RequestStream,
+    StreamEvent,
+    StreamState,
+    StreamStateError,
+)
 from tests.support import apps
 from tests.support.quic_peers import Response, make_context
 
@@ -561,3 +567,14 @@ def test_aioquic_h3_internals_used_by_h3_wire_are_present() -> None:
         assert hasattr(stream, name), f"H3Stream.{name}"
     assert HeadersState.INITIAL != HeadersState.AFTER_HEADERS
     assert h3_wire.MessageError.__mro__[1].__name__ == "ProtocolError"
+
+
+def test_stream_state_table_rejects_impossible_moves_by_name() -> None:
+    pair = Pair(apps.hello)
+    stream = RequestStream(pair.adapter, 0)
+    stream.transition(StreamEvent.REQUEST_END)
+    assert (stream.receiving, stream.sending) == (False, True)
+    stream.transition(StreamEvent.RESPONSE_END)
+    assert stream.state is StreamState.CLOSED and stream.finished
+    with pytest.raises(StreamStateError, match="stream 0: request end in state closed"):
+        stream.transition(StreamEvent.REQUEST_END)
