@@ -201,10 +201,21 @@ class H2Stream:
         self._move(_Input.BODY)
         adapter = self._adapter
         view = memoryview(data)
-        sent = adapter.write_data(self, view, end)
-        while sent < len(view):
-            await self._wait_window()
-            sent += adapter.write_data(self, view[sent:], end)
+        total = len(view)
+        step = adapter.write_step
+        sent = 0
+        while True:
+            piece = view[sent:sent + step]
+            written = adapter.write_data(self, piece, end and sent + len(piece) == total)
+            sent += written
+            if sent == total:
+                break
+            if written < len(piece):
+                await self._wait_window()
+            else:
+                # A high-water mark's worth is out: let the transport drain
+                # before the next, so one stream never buffers its whole body.
+                await adapter.wait_writable(self)
         if end:
             self._move(_Input.END)
         await adapter.wait_writable(self)
@@ -320,6 +331,8 @@ class H2Adapter:
         #: DATA bytes queued in h2 since the last write to the transport.
         self._unflushed = 0
         self._high_water = options.stream_high_water
+        #: The most body bytes ``send_body`` hands over between two waits.
+        self.write_step = options.stream_high_water
         self._idle_since: float | None = ctx.clock()
         self._timer_deadline: float | None = None
         #: Streams waiting on a zero window -> since when.

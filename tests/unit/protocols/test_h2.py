@@ -364,6 +364,30 @@ def test_send_body_waits_for_the_transport() -> None:
     asyncio.run(main())
 
 
+def test_a_large_body_is_handed_over_in_high_water_steps() -> None:
+    """With the transport blocked, a 1 MB send_body buffers one step, not 1 MB."""
+    async def main() -> None:
+        pair = connect(stream_high_water=16384,
+                       client_settings=make_settings(initial_window_size=2**31 - 1))
+        pair.client.conn.increment_flow_control_window(2**31 - 1 - 65535)
+        pair.client.request("GET", "/")
+        pair.client.exchange()
+        sink = pair.factory.last.sink
+        sink.send_head(200, [])
+        await settle()
+        pair.link.take()
+        pair.link.block_writes()
+        task = asyncio.create_task(sink.send_body(b"L" * 1_000_000, True))
+        await settle()
+        assert not task.done()
+        assert len(pair.link.take()) < 3 * 16384
+        pair.link.unblock_writes()
+        await asyncio.wait_for(task, 2)
+        assert len(pair.link.take()) > 900_000
+
+    asyncio.run(main())
+
+
 def test_stalled_stream_is_reset_after_the_timeout() -> None:
     async def main() -> None:
         pair = connect(auto_ack=False, client_settings=make_settings(initial_window_size=0),
