@@ -189,3 +189,46 @@ def test_aioquic_20_connections_at_once(server: ThreadedServer, certs: CertSet) 
         return list(await asyncio.gather(*(one(i) for i in range(20))))
 
     assert run(main()) == [b"%d" % i * 1000 for i in range(20)]
+
+
+# --------------------------------------------------------------------------
+# WebSocket over HTTP/3 (RFC 9220)
+
+
+def test_websocket_over_http3_with_aioquic(certs: CertSet) -> None:
+    import wsproto
+    import wsproto.events
+
+    from tests.support import apps
+
+    with ThreadedServer(apps.websocket_echo, quic_bind=["127.0.0.1:0"],
+                        certfile=str(certs.cert), keyfile=str(certs.key), lifespan="off",
+                        access_log=False, ws_ping_interval=0) as ws_server:
+        host, port = udp(ws_server, "ipv4")
+
+        async def main() -> list[str]:
+            ws = wsproto.connection.Connection(wsproto.connection.ConnectionType.CLIENT)
+            async with aioquic_connect(host, port, aioquic_configuration(str(certs.ca))) as client:
+                stream_id = client.start_request(
+                    "CONNECT", "/ws", f"{host}:{port}", end=False,
+                    headers=[(b":protocol", b"websocket"), (b"sec-websocket-version", b"13")])
+                response = client.responses[stream_id]
+                for _ in range(500):
+                    if response.headers:
+                        break
+                    await asyncio.sleep(0.01)
+                assert response.status == 200
+                client.send_body(stream_id, ws.send(wsproto.events.TextMessage("over h3")), False)
+                texts: list[str] = []
+                for _ in range(500):
+                    data = bytes(response.body)
+                    response.body.clear()
+                    ws.receive_data(data)
+                    texts += [e.data for e in ws.events()
+                              if isinstance(e, wsproto.events.TextMessage)]
+                    if texts:
+                        break
+                    await asyncio.sleep(0.01)
+                return texts
+
+        assert run(main()) == ["over h3"]
