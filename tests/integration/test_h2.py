@@ -169,3 +169,44 @@ def test_server_settings_enable_extended_connect(server: ServerProcess, certs: C
             await sock.close()
 
     asyncio.run(asyncio.wait_for(main(), 20))
+
+
+# -- graceful shutdown and the access log over HTTP/2 ----------------------------------------------
+
+
+@pytestmark_curl
+def test_graceful_shutdown_sends_goaway_and_finishes_the_request(certs: CertSet) -> None:
+    """curl is the client: h2's own client state machine refuses frames after a GOAWAY."""
+    import time
+
+    from tests.support.server import ThreadedServer
+
+    with ThreadedServer(bind=["127.0.0.1:0"], certfile=str(certs.cert), keyfile=str(certs.key),
+                        access_log=False, graceful_timeout=10) as server:
+        assert CURL is not None
+        process = subprocess.Popen(
+            [CURL, "--silent", "--show-error", "--verbose", "--max-time", "30", "--http2",
+             "--cacert", str(certs.ca), server.url("/slow?s=1", secure=True)],
+            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        time.sleep(0.4)
+        server.request_shutdown()
+        stdout, stderr = process.communicate(timeout=40)
+        assert process.returncode == 0, stderr
+        assert stdout == b"slow done"
+        assert b"GOAWAY" in stderr
+        assert server.join(15), "the server did not stop once the stream was done"
+
+
+@pytestmark_curl
+def test_access_log_names_http2(certs: CertSet) -> None:
+    with ServerProcess(APP, "--insecure-bind", "127.0.0.1:0") as process:
+        process.wait_ready()
+        result = curl("--http2-prior-knowledge", http(process, "/hello?x=1"))
+        assert result.returncode == 0, result.stderr
+        for _ in range(100):
+            if any("HTTP/2" in line for line in process.stdout_lines):
+                break
+            import time
+            time.sleep(0.05)
+        assert any('"GET /hello?x=1 HTTP/2" 200' in line for line in process.stdout_lines), \
+            process.stdout_lines
