@@ -84,7 +84,7 @@ from ..interfaces import (
 )
 from ..log import error_logger
 from .base import ByteTransport, SwitchTo
-from .h2_flood import Flood, FloodGuard, FloodLimits
+from .h2_flood import Flood, FloodGuard, FloodLimits, count_error_resets
 from .head import pseudo_request_head, response_headers
 
 #: One configuration for every connection; h2 only reads it.  Outbound headers
@@ -359,10 +359,15 @@ class H2Adapter:
     def data_received(self, data: bytes) -> SwitchTo | None:
         if self._state is _ConnState.CLOSED:
             return None
-        flood = self._guard.scan_untrusted(data, self._ctx.clock())
+        now = self._ctx.clock()
+        flood = self._guard.scan_untrusted(data, now)
         if flood is not None:
             self._calm_down(flood)
             return None
+        if self._flush_pending:
+            # What the streams wrote this turn goes first, so that what h2
+            # queues below is exactly what this read made the server say.
+            self._flush_now()
         self._receiving = True
         try:
             events = self._h2.receive_data(data)
@@ -382,7 +387,7 @@ class H2Adapter:
             if handler is not None:
                 handler(event)
         self._receiving = False
-        self._flush_now()
+        self._answer(now)
         return None
 
     def eof_received(self) -> None:
@@ -516,7 +521,6 @@ class H2Adapter:
             return
         if len(self._streams) >= self._max_streams:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
-            self._count_server_reset()
             return
         try:
             head = pseudo_request_head(event.headers or ())
@@ -524,7 +528,6 @@ class H2Adapter:
             error_logger.debug("HTTP/2 stream %d from %s refused: %s",
                                stream_id, self._conn.client, exc)
             self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
-            self._count_server_reset()
             return
         self._open_stream(stream_id, head)
 
@@ -553,9 +556,6 @@ class H2Adapter:
         stream = self._streams.get(event.stream_id)
         if stream is None:
             return
-        if not event.remote_reset and stream.phase is _Phase.AWAITING_HEAD:
-            # h2 reset it for a client error: the client made us do the work.
-            self._count_server_reset()
         self._forget(stream)
         stream.closed(f"reset by the client ({_code_name(event.error_code)})")
         stream.handler.abort("stream reset by the client")
@@ -658,10 +658,24 @@ class H2Adapter:
         except h2.exceptions.StreamClosedError:
             pass  # already closed on h2's side: nothing left to reset
 
-    def _count_server_reset(self) -> None:
-        flood = self._guard.count_server_reset(self._ctx.clock())
-        if flood is not None:
-            self._calm_down(flood)
+    def _answer(self, now: float) -> None:
+        """Write what processing one read queued: SETTINGS and PING ACKs,
+        WINDOW_UPDATEs, and RST_STREAMs.  Every stream the client made the
+        server reset (refused, malformed, or reset by h2 for a stream error:
+        "MadeYouReset") counts against the reset budget, like its own resets."""
+        if self._is_closed():
+            return
+        self._unflushed = 0
+        data = self._h2.data_to_send()
+        if not data:
+            return
+        resets = count_error_resets(data)
+        if resets:
+            flood = self._guard.count_server_resets(resets, now)
+            if flood is not None:
+                self._calm_down(flood)
+                return
+        self._transport.write(data)
 
     def _calm_down(self, flood: Flood) -> None:
         error_logger.warning("HTTP/2 flood from %s (%s): GOAWAY ENHANCE_YOUR_CALM",

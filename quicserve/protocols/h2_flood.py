@@ -14,9 +14,11 @@ protocol; it does not budget any of this.
 *before* h2 sees it, and :meth:`FloodGuard.scan_untrusted` walks the frame
 headers (nine bytes each; payloads are skipped, never copied) and counts:
 
-* client RST_STREAM frames, plus the streams the server itself had to reset
-  before the application answered (:meth:`FloodGuard.count_server_reset`:
-  refused and malformed requests), against ``h2_max_resets_per_window``;
+* client RST_STREAM frames, plus the streams the client made the server
+  reset (:meth:`FloodGuard.count_server_resets`: refused and malformed
+  requests, and the stream errors h2 answers by itself, "MadeYouReset";
+  the adapter finds them with :func:`count_error_resets` in what a read
+  made it write), against ``h2_max_resets_per_window``;
 * PING, SETTINGS, PRIORITY, empty DATA without END_STREAM, and frames of any
   other type h2 would only ignore, against
   ``h2_max_control_frames_per_window``;
@@ -128,10 +130,10 @@ class FloodGuard:
     def flood(self) -> Flood | None:
         return self._flood
 
-    def count_server_reset(self, now: float) -> Flood | None:
-        """The server reset a stream before the application answered it."""
+    def count_server_resets(self, count: int, now: float) -> Flood | None:
+        """The client's frames made the server reset ``count`` streams."""
         self._roll(now)
-        self._resets += 1
+        self._resets += count
         return self._check_resets()
 
     def scan_untrusted(self, data: bytes, now: float) -> Flood | None:
@@ -224,3 +226,20 @@ class FloodGuard:
         if self._block > self._limits.max_header_block:
             self._flood = Flood(FloodKind.HEADER_BLOCK, self._block,
                                 self._limits.max_header_block)
+
+
+def count_error_resets(data: bytes) -> int:
+    """RST_STREAM frames with an error code other than NO_ERROR in ``data``.
+
+    ``data`` is a run of whole frames the server produced itself (h2's
+    output), so it is trusted: no bounds beyond the frame lengths it holds.
+    """
+    count = 0
+    pos = 0
+    size = len(data)
+    while pos + _FRAME_HEADER <= size:
+        length = int.from_bytes(data[pos:pos + 3], "big")
+        if data[pos + 3] == FrameType.RST_STREAM and data[pos + 9:pos + 13] != b"\0\0\0\0":
+            count += 1
+        pos += _FRAME_HEADER + length
+    return count

@@ -12,7 +12,13 @@ import pytest
 from h2.errors import ErrorCodes
 
 from quicserve.protocols.h2 import H2Adapter
-from quicserve.protocols.h2_flood import PREFACE_LENGTH, FloodGuard, FloodKind, FloodLimits
+from quicserve.protocols.h2_flood import (
+    PREFACE_LENGTH,
+    FloodGuard,
+    FloodKind,
+    FloodLimits,
+    count_error_resets,
+)
 from tests.support.bytelink import ByteLink, FakeClock, make_conn, make_context
 from tests.support.h2_peers import (
     CONTINUATION,
@@ -79,9 +85,15 @@ def test_resets_are_counted_apart() -> None:
 def test_server_resets_share_the_reset_budget() -> None:
     g = guard()
     g.scan_untrusted(rst_frame(1) * 3, 0.0)
-    assert g.count_server_reset(0.0) is None
-    assert g.count_server_reset(0.0) is None
-    assert g.count_server_reset(0.0) is not None
+    assert g.count_server_resets(1, 0.0) is None
+    assert g.count_server_resets(1, 0.0) is None
+    assert g.count_server_resets(1, 0.0) is not None
+
+
+def test_error_resets_are_found_in_server_output() -> None:
+    output = (frame(0x4, 0x1, 0, b"") + rst_frame(1, 0x7) + frame(DATA, 0, 3, b"x" * 100)
+              + rst_frame(5, 0x0) + rst_frame(7, 0x1))
+    assert count_error_resets(output) == 2, "NO_ERROR resets are not the client's doing"
 
 
 def test_the_window_restarts() -> None:
@@ -235,6 +247,25 @@ def test_streams_reset_by_the_server_count_too() -> None:
             break
     assert_calmed(link, link.take())
     assert not factory.handlers
+
+
+def test_data_on_closed_streams_flood_gets_goaway() -> None:
+    """Each DATA frame on a closed stream makes h2 answer RST_STREAM by itself;
+    those resets count, so a client that never reads cannot grow the output."""
+    link, client, factory = open_adapter(h2_max_resets_per_window=20)
+    stream_id = client.request("POST", "/", end=False)
+    client.exchange()
+    client.conn.reset_stream(stream_id)
+    client.exchange()
+    assert factory.last.aborted is not None
+    written = b""
+    for _ in range(50):
+        client.raw(frame(DATA, 0, stream_id, b"z"))
+        written += link.take()
+        if link.closed:
+            break
+    assert_calmed(link, written)
+    assert written.count(rst_frame(stream_id, 0x5)) <= 20
 
 
 def test_continuation_flood_gets_goaway() -> None:
