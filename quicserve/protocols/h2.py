@@ -16,9 +16,18 @@ refused before h2 parses a byte of them), then feeds h2 and maps its events
 to stream calls: a validated head (``head.pseudo_request_head``; a malformed
 one is answered RST_STREAM PROTOCOL_ERROR, never validated here) becomes
 ``ctx.stream_factory(head, sink)`` + ``start``; DATA becomes
-``receive_body``; RST_STREAM becomes ``abort``.  Writes produced meanwhile
-(SETTINGS and PING ACKs, WINDOW_UPDATEs, RST_STREAMs) are flushed once, at
-the end of the call.  The receive path never awaits.
+``receive_body``; RST_STREAM becomes ``abort``.  A stream opened and reset
+within the same read (rapid reset) is never dispatched.  Writes produced
+meanwhile (SETTINGS and PING ACKs, WINDOW_UPDATEs, RST_STREAMs) are written
+once, at the end of the call, after counting the RST_STREAMs among them
+against the reset budget.  The receive path never awaits.
+
+Send path.  Sink calls queue frames in h2 and ask for one write at the end of
+the loop turn (``schedule``: the running loop's ``call_soon``), so every
+stream that answered in a turn leaves in one ``transport.write``; past
+``stream_high_water`` queued bytes the write happens at once, so transport
+backpressure stays exact.  A head that declares Content-Length waits for its
+first DATA frame (the body follows at once); other heads are written at once.
 
 Flow control, both ways.
 
@@ -29,8 +38,9 @@ Flow control, both ways.
   credit any more (a finished or refused stream, padding) are acknowledged at
   once, so a dead stream never holds the connection window.
 * Outbound: ``send_body`` sends what the stream and connection windows allow,
-  waits for WINDOW_UPDATE (or a SETTINGS change) for the rest, and after each
-  flush waits until the transport is writable.  A response that sits on a
+  at most ``stream_high_water`` bytes at a time, waits for WINDOW_UPDATE (or a
+  SETTINGS change) for the rest, and between steps waits until the transport
+  is writable.  A response that sits on a
   zero window for ``h2_stalled_window_timeout`` is reset; if the connection
   window is the one that is stuck, the connection is closed.
 
@@ -54,7 +64,9 @@ Errors.  h2 exceptions are mapped here and only here: a connection error from
 an h2 error on a stream operation becomes :class:`~quicserve.errors.StreamClosed`
 for the caller.  Nothing escapes as a traceback.
 
-Never: touch a socket, the event loop or a clock (time is ``ctx.clock``).
+Never: touch a socket or a clock (time is ``ctx.clock``), or use the event
+loop beyond the end-of-turn write (without a running loop, as in sans-IO
+tests, writes happen at once).
 """
 
 from __future__ import annotations
@@ -216,6 +228,7 @@ class H2Stream:
                 # A high-water mark's worth is out: let the transport drain
                 # before the next, so one stream never buffers its whole body.
                 await adapter.wait_writable(self)
+                self._check(_Input.BODY)
         if end:
             self._move(_Input.END)
         await adapter.wait_writable(self)
