@@ -501,7 +501,7 @@ class H2Adapter:
     def acknowledge(self, stream_id: int, n: int) -> None:
         if self._state is _ConnState.CLOSED:
             return
-        self._h2.acknowledge_received_data(n, stream_id)
+        self._ack(n, stream_id)
         self._flush()
 
     def stream_finished(self, stream: H2Stream) -> None:
@@ -550,10 +550,10 @@ class H2Adapter:
         size = event.flow_controlled_length or 0
         if stream is None or stream.request_ended:
             if size:
-                self._h2.acknowledge_received_data(size, event.stream_id)
+                self._ack(size, event.stream_id)
             return
         if size > len(data):
-            self._h2.acknowledge_received_data(size - len(data), event.stream_id)
+            self._ack(size - len(data), event.stream_id)
         stream.unacked += len(data)
         ended = event.stream_ended is not None
         stream.request_ended = ended
@@ -650,7 +650,7 @@ class H2Adapter:
             return
         self._stalls.pop(stream.stream_id, None)
         if stream.unacked and self._state is not _ConnState.CLOSED:
-            self._h2.acknowledge_received_data(stream.unacked, stream.stream_id)
+            self._ack(stream.unacked, stream.stream_id)
             self._flush()
         stream.unacked = 0
         if not self._streams:
@@ -668,8 +668,13 @@ class H2Adapter:
     def _reset(self, stream_id: int, code: ErrorCodes) -> None:
         try:
             self._h2.reset_stream(stream_id, code)
-        except h2.exceptions.StreamClosedError:
-            pass  # already closed on h2's side: nothing left to reset
+        except h2.exceptions.NoSuchStreamError:
+            pass  # already closed (or forgotten) on h2's side: nothing to reset
+
+    def _ack(self, n: int, stream_id: int) -> None:
+        """Return ``n`` received bytes to the client's windows (only the
+        connection's once h2 considers the stream closed)."""
+        self._h2.acknowledge_received_data(n, stream_id)
 
     def _answer(self, now: float) -> None:
         """Write what processing one read queued: SETTINGS and PING ACKs,
