@@ -59,6 +59,7 @@ from aioquic.quic.packet import QuicErrorCode, QuicFrameType
 from ..interfaces import Address, ConnectionContext, ConnectionInfo
 from ..log import error_logger
 from ..protocols.h3 import H3Adapter
+from ..protocols.hq import HqAdapter
 from .client_auth import ClientAuth, ClientAuthQuicConnection, Subject, peer_subject
 from .internals import ManagedQuicConnection
 from .router import Create
@@ -71,7 +72,7 @@ if TYPE_CHECKING:
 
 NetworkAddress = tuple[str, int] | tuple[str, int, int, int]
 
-#: ALPN -> the adapter serving it.  hq is imported lazily (it is optional).
+#: What a ConnectionInfo says about HTTP/3 (HqAdapter replaces these for hq).
 _H3_INFO = ("3", "HTTP/3", ("http.response.trailers",))
 
 
@@ -113,13 +114,8 @@ class SessionOwner(Protocol):
 
 AdapterFactory = Callable[..., "QuicAdapter"]
 
-
-def _hq_factory() -> AdapterFactory | None:
-    try:
-        from ..protocols.hq import HqAdapter
-    except ImportError:
-        return None
-    return HqAdapter
+#: ALPN -> the adapter serving it.
+_ADAPTERS: dict[str, AdapterFactory] = {"h3": H3Adapter, "hq-interop": HqAdapter}
 
 
 class QuicSession:
@@ -278,9 +274,7 @@ class QuicSession:
 
     def _on_protocol(self, event: ProtocolNegotiated) -> None:
         alpn = event.alpn_protocol
-        factory: AdapterFactory | None = H3Adapter if alpn == "h3" else None
-        if alpn == "hq-interop":
-            factory = _hq_factory()
+        factory = _ADAPTERS.get(alpn or "")
         if factory is None:
             self._log.debug("[%s] no adapter for ALPN %r", self.cid_hex, alpn)
             self._transport_close(QuicErrorCode.INTERNAL_ERROR, "no adapter for ALPN")
