@@ -63,7 +63,7 @@ def configure(
     else:
         stream = logging.FileHandler(access_logfile)
     stream.setFormatter(logging.Formatter("%(message)s"))
-    stream._quicserve = True  # type: ignore[attr-defined]
+    stream._quicserve = True  # type: ignore[union-attr]
     access_logger.addHandler(stream)
     access_logger.propagate = False
 
