@@ -70,9 +70,9 @@ class UdpEndpoint:
 
     Error handling: hostile datagrams never raise out of the receive path
     (the router drops what does not parse; aioquic closes connections that
-    break the protocol).  Send errors (``OSError`` from ``sendto``) are
-    logged by asyncio's transport and the datagrams are lost, which QUIC's
-    loss recovery handles.
+    break the protocol).  Send errors are counted and logged by the
+    DatagramIO and the datagrams are lost, which QUIC's loss recovery
+    handles.
 
     Resource handling: sessions are capped by ``--quic-max-connections`` (the
     router drops Initials beyond it) and each is removed when aioquic reports
@@ -267,7 +267,7 @@ async def open_udp_endpoint(
     is read.
 
     Resource handling: the endpoint owns ``sock`` from here on (through the
-    asyncio transport) and closes it in ``wait_closed`` after a shutdown, or in
+    ``SocketIO``) and closes it in ``wait_closed`` after a shutdown, or in
     ``abort``; it also opens and closes the ``SSLKEYLOGFILE`` key log.
     """
     loop = asyncio.get_running_loop()
@@ -301,8 +301,8 @@ def build_endpoint(
     """Wire an endpoint (router, session factory) without a socket yet.
 
     ``loop`` needs only ``time``, ``call_soon`` and ``call_at``, so tests run
-    the real endpoint on fake time; the transport arrives with
-    ``connection_made``.
+    the real endpoint on fake time; the DatagramIO arrives with
+    :meth:`UdpEndpoint.attach`.
     """
     settings = quic_settings(config, keylog=keylog)
     issuer = CidIssuer(worker_id=worker_id, worker_count=worker_count,
