@@ -120,6 +120,24 @@ def test_many_streams_on_one_connection(certs: CertSet) -> None:
     run(main())
 
 
+def test_transfer_survives_loss_and_reordering(certs: CertSet) -> None:
+    body = os.urandom(300 * 1024)
+
+    async def main() -> None:
+        h = harness(certs, apps.echo)
+        client = h.client()
+        first = client.request("GET", "/")
+        await h.run(done(client, first))
+        counter = iter(range(10**9))
+        h.link.lose = lambda data, src, dst: next(counter) % 7 == 3
+        h.link.reorder = True
+        stream_id = client.request("POST", "/", body=body)
+        await h.run(done(client, stream_id), max_rounds=20000)
+        assert h.link.lost > 0
+        assert bytes(client.response(stream_id).body) == body
+    run(main())
+
+
 # --------------------------------------------------------------------------
 # Resets, disconnects, idle timeout
 
