@@ -16,13 +16,7 @@ from tests.conformance.drivers import Driver, H2Driver, QuicDriver
 pytestmark = pytest.mark.timeout(60)
 
 
-@on(*ALL, xfail={
-    "h3": "protocols/h3.py H3Adapter._close_if_done calls quic.close(H3_NO_ERROR) as soon as "
-          "the last in-flight response is queued (write_body end=True); aioquic then sends only "
-          "CONNECTION_CLOSE and drops the unsent response, so the client gets no response. It "
-          "should wait until the stream's data is acknowledged (stream_send_buffered == 0), as "
-          "HqAdapter does with _flushing",
-})
+@on(*ALL)
 def test_in_flight_request_finishes_then_the_connection_closes(serve, protocol):
     started: list = []
     holder: list[asyncio.Event] = []
