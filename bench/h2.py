@@ -2,15 +2,17 @@
 
 quicserve and Hypercorn (``-k uvloop``) serve ``bench.apps:hello`` side by
 side over TLS (ALPN h2), each in its own process on its own port with its
-access log off; ``h2load -c 10 -m 10 -n N`` measures each in interleaved
-rounds (``common.interleave``).
+access log off; ``h2load -c 10 -m 10 -D SECONDS`` measures each in
+interleaved rounds (``common.interleave``).  Fixed-length runs let the table
+also show requests per server CPU-second, the steadier figure on a busy
+machine.
 
 Hypercorn closes an HTTP/2 connection after ``keep_alive_max_requests``
 (default 1000) requests, which h2load counts as failures rather than
 reconnecting, so it gets a config file raising that limit out of reach.
 Both servers keep their default of 100 concurrent streams per connection.
 
-Standalone: ``python bench/h2.py [--rounds N] [--requests N]``.
+Standalone: ``python bench/h2.py [--rounds N] [--duration S]``.
 """
 
 from __future__ import annotations
@@ -40,32 +42,29 @@ TITLE = "HTTP/2"
 APP = "bench.apps:hello"
 CONNECTIONS = 10
 STREAMS = 10
-#: Requests per measured run (a few seconds each on a laptop core).
-REQUESTS = 40000
-QUICK_REQUESTS = 5000
 
-_FINISHED = re.compile(rb"finished in [\d.]+m?s, ([\d.]+) req/s")
 _REQUESTS = re.compile(rb"requests: (\d+) total, (\d+) started, (\d+) done, (\d+) succeeded, "
                        rb"(\d+) failed, (\d+) errored, (\d+) timeout")
 _STATUS = re.compile(rb"status codes: (\d+) 2xx")
 
 
-def h2load(url: str, requests: int) -> tuple[float, int]:
-    """(requests/s, errors): failed + errored + timed out + non-2xx requests."""
+def h2load(url: str, duration: float) -> tuple[float, int]:
+    """(requests/s, errors): failed + errored + timed-out + non-2xx requests."""
     path = tool("h2load")
     if path is None:
         raise RuntimeError("h2load is not installed (make deps: nghttp2-client)")
     result = subprocess.run([path, "-c", str(CONNECTIONS), "-m", str(STREAMS),
-                             "-n", str(requests), url], capture_output=True, timeout=600)
+                             "-D", f"{duration:g}", url],
+                            capture_output=True, timeout=duration + 120)
     out = result.stdout
-    finished, counts, status = _FINISHED.search(out), _REQUESTS.search(out), _STATUS.search(out)
-    if finished is None or counts is None or status is None:
+    counts, status = _REQUESTS.search(out), _STATUS.search(out)
+    if counts is None or status is None:
         raise RuntimeError(f"cannot parse h2load output:\n{out.decode(errors='replace')}"
                            f"{result.stderr.decode(errors='replace')}")
-    total = int(counts.group(1))
+    total, succeeded = int(counts.group(1)), int(counts.group(4))
     errors = int(counts.group(5)) + int(counts.group(6)) + int(counts.group(7))
     errors += max(0, total - int(status.group(1)) - errors)
-    return float(finished.group(1)), errors
+    return succeeded / duration, errors
 
 
 def hypercorn_config(directory: Path, ctx: BenchContext, port: int) -> Path:
@@ -95,13 +94,14 @@ def servers(ctx: BenchContext, directory: Path) -> list[Server]:
 
 
 def run(ctx: BenchContext) -> list[Group]:
-    requests = QUICK_REQUESTS if ctx.quick else REQUESTS
+    duration = ctx.duration
     group = Group(
         title=f"HTTP/2 over TLS hello world, {CONNECTIONS} connections × {STREAMS} streams",
         unit="req/s",
-        command=f"h2load -c {CONNECTIONS} -m {STREAMS} -n {requests} https://127.0.0.1:PORT/",
+        command=f"h2load -c {CONNECTIONS} -m {STREAMS} -D {duration:g} https://127.0.0.1:PORT/",
         baseline="hypercorn",
         target=("quicserve", 2.0),
+        run_seconds=duration,
     )
     with tempfile.TemporaryDirectory(prefix="bench-h2-") as tmp:
         running = servers(ctx, Path(tmp))
@@ -112,10 +112,10 @@ def run(ctx: BenchContext) -> list[Group]:
                 server.wait_tcp()
 
             def measure(server: Server) -> tuple[float, int]:
-                return h2load(f"https://127.0.0.1:{server.port}/", requests)
+                return h2load(f"https://127.0.0.1:{server.port}/", duration)
 
             def warmup(server: Server) -> tuple[float, int]:
-                return h2load(f"https://127.0.0.1:{server.port}/", max(1000, requests // 10))
+                return h2load(f"https://127.0.0.1:{server.port}/", ctx.warmup)
 
             measure.warmup = warmup  # type: ignore[attr-defined]
             interleave(ctx, running, measure, group)
@@ -126,13 +126,11 @@ def run(ctx: BenchContext) -> list[Group]:
 
 
 def main() -> int:
-    global REQUESTS
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--requests", type=int, default=REQUESTS)
+    parser.add_argument("--duration", type=float, default=10.0)
     args = parser.parse_args()
-    REQUESTS = args.requests
-    ctx = make_context(rounds=args.rounds, duration=10.0, quick=False)
+    ctx = make_context(rounds=args.rounds, duration=args.duration, quick=False)
     print(render(run(ctx)))
     return 0
 
