@@ -236,8 +236,14 @@ class WebSocketStream:
             return
         if data and ws.state in (ConnectionState.OPEN, ConnectionState.LOCAL_CLOSING):
             ws.receive_data(data)
-        if not more and ws.state is not ConnectionState.CLOSED:
-            ws.receive_data(None)
+        if not more:
+            # wsproto parses lazily: handle the frames in ``data`` (on H2/H3 a
+            # close frame often comes with the end of the stream) before
+            # reporting the end, which wsproto would otherwise put first (1006).
+            for event in ws.events():
+                self._on_event(event)
+            if ws.state is not ConnectionState.CLOSED:
+                ws.receive_data(None)
         for event in ws.events():
             self._on_event(event)
         self._settle_credit(len(data))
