@@ -42,7 +42,9 @@ Theory of operation
                  ``--graceful-timeout`` plus a margin.
    SIGHUP        rolling restart: one worker at a time is stopped, replaced
                  and awaited until ready before the next one.
-   SIGUSR1       forwarded: each worker writes its statistics file.
+   SIGUSR1       forwarded to the serving workers when
+                 ``QUICSERVE_WORKER_STATS_DIR`` is set: each writes its
+                 statistics file (otherwise ignored).
    ============  ===========================================================
 
 Because no socket is ever closed while serving, the reuseport group's order
@@ -380,9 +382,17 @@ class Supervisor:
         elif number == signal.SIGHUP:
             self.reload()
         elif number == signal.SIGUSR1:
-            for worker in self._workers():
-                _signal(worker.pid, signal.SIGUSR1)
+            self._request_statistics()
         # SIGCHLD: _reap() runs after every wake-up.
+
+    def _request_statistics(self) -> None:
+        if self._stats_dir is None:
+            # Workers install no SIGUSR1 handler then, and would die of it.
+            error_logger.info("SIGUSR1 ignored: %s is not set", STATS_DIR_ENV)
+            return
+        for worker in self._workers():
+            if worker.ready:
+                _signal(worker.pid, signal.SIGUSR1)
 
     # -- commands ------------------------------------------------------------
 

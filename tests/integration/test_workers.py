@@ -519,3 +519,13 @@ def _wait_until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-un
             return
         time.sleep(0.05)
     raise AssertionError("condition not met in time")
+
+
+def test_sigusr1_without_a_statistics_directory_is_harmless(start_toy) -> None:  # type: ignore[no-untyped-def]
+    sup = start_toy(env={supervisor.STATS_DIR_ENV: ""})
+    _serving(sup)
+    pids = sup.worker_pids()
+    sup.proc.send_signal(signal.SIGUSR1)
+    sup.wait_for_log("SIGUSR1 ignored")
+    assert sup.udp_ask(0).startswith(f"worker=0 pid={pids[0]} ")
+    assert sup.udp_ask(1).startswith(f"worker=1 pid={pids[1]} ")
