@@ -462,7 +462,11 @@ def test_killed_worker_restarts_and_its_clients_get_a_stateless_reset(
                           f"--dcid={PIN[0]}", f"--download={survivor_dir}")
         victim = client(server.udp_port, "/stream?n=16000&size=65536", tmp_path / "b.out",
                         f"--dcid={PIN[1]}", f"--download={victim_dir}")
-        _wait_until(lambda: ":status: 200]" in (tmp_path / "b.out").read_text(errors="replace"))
+        # Kill once the victim is well into its download: by then it keeps
+        # flow-control updates (ack-eliciting) in flight, whose retransmission
+        # after the kill meets the restarted worker.  A client with nothing in
+        # flight sends nothing, and no server can answer silence.
+        _wait_until(lambda: _size(victim_dir) > 3_000_000)
         os.kill(pids[1], signal.SIGKILL)
         killed_at = time.monotonic()
         victim_text = finish(victim, tmp_path / "b.out", timeout=15)
@@ -510,6 +514,10 @@ def test_sighup_drains_a_worker_with_goaway_and_close(tmp_path: Path, certs) -> 
         assert set(server.worker_pids().values()).isdisjoint(pids.values())
     finally:
         stop(server)
+
+
+def _size(directory: Path) -> int:
+    return sum(p.stat().st_size for p in directory.iterdir())
 
 
 def _wait_until(condition, timeout: float = 15.0) -> None:  # type: ignore[no-untyped-def]
