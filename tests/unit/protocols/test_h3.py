@@ -237,6 +237,20 @@ def test_get_delivered_one_byte_at_a_time() -> None:
     run(main())
 
 
+def test_finished_request_streams_leave_no_h3_state_behind() -> None:
+    """The slotted stream scope forgets a stream once both halves ended, as
+    aioquic's context manager does: only unidirectional streams stay."""
+    async def main() -> None:
+        pair = Pair(apps.echo)
+        ids = [pair.request("POST", f"/{i}", body=b"x" * i) for i in range(20)]
+        for stream_id in ids:
+            await pair.pump(pair.done(stream_id))
+        h3 = pair.adapter._h3
+        assert h3._stream and all(sid % 4 != 0 for sid in h3._stream), sorted(h3._stream)
+        assert [bytes(pair.responses[sid].body) for sid in ids] == [b"x" * i for i in range(20)]
+    run(main())
+
+
 def test_post_body_delivered_one_byte_at_a_time() -> None:
     body = os.urandom(3000)
 
@@ -560,10 +574,16 @@ def test_websocket_over_extended_connect() -> None:
 def test_aioquic_h3_internals_used_by_h3_wire_are_present() -> None:
     """Fails loudly, naming the attribute, when aioquic moves one."""
     for name in ("_handle_request_or_push_frame", "_handle_request_or_push_end", "_stream",
-                 "_local_control_stream_id", "_is_client", "_quic"):
+                 "_local_control_stream_id", "_is_client", "_quic",
+                 # the hot-path overrides
+                 "_get_or_create_stream", "_decode_headers", "_encode_headers", "_decoder",
+                 "_encoder", "_decoder_bytes_sent", "_encoder_bytes_sent",
+                 "_local_decoder_stream_id", "_local_encoder_stream_id", "_quic_logger",
+                 "_check_content_length", "_receive_stream_data"):
         assert hasattr(H3Connection(FakeQuic(is_client=False)), name) or hasattr(H3Connection, name), name  # type: ignore[arg-type]
     stream = H3Stream(0)
-    for name in ("buffer", "headers_recv_state", "expected_content_length", "sending_ended"):
+    for name in ("buffer", "headers_recv_state", "expected_content_length", "sending_ended",
+                 "receiving_ended", "push_id", "is_ended"):
         assert hasattr(stream, name), f"H3Stream.{name}"
     assert HeadersState.INITIAL != HeadersState.AFTER_HEADERS
     assert h3_wire.MessageError.__mro__[1].__name__ == "ProtocolError"
@@ -578,3 +598,58 @@ def test_stream_state_table_rejects_impossible_moves_by_name() -> None:
     assert stream.state is StreamState.CLOSED and stream.finished
     with pytest.raises(StreamStateError, match="stream 0: request end in state closed"):
         stream.transition(StreamEvent.REQUEST_END)
+
+
+# --------------------------------------------------------------------------
+# h3_wire's faster request-head validator against aioquic's
+
+
+def _random_fields(rng: Any) -> list[tuple[bytes, bytes]]:
+    """A request field section that is usually valid and often subtly not."""
+    pseudo = [(b":method", b"GET"), (b":scheme", rng.choice([b"https", b"http", b"ftp"])),
+              (b":authority", rng.choice([b"localhost", b""])),
+              (b":path", rng.choice([b"/", b"/a?b", b""]))]
+    rng.shuffle(pseudo)
+    if rng.random() < 0.3:
+        pseudo.pop(rng.randrange(len(pseudo)))
+    if rng.random() < 0.1:
+        pseudo.append(rng.choice([(b":protocol", b"websocket"), (b":status", b"200"),
+                                  (b":method", b"POST")]))
+    names = [b"accept", b"user-agent", b"content-length", b"te", b"connection", b"x-a",
+             b"Upper", b"sp ace", b"co:lon", b"\x7f", b"\xc3\xa9", b"", b":late"]
+    values = [b"v", b"", b" lead", b"trail\t", b"a\x00b", b"a\rb", b"a\nb", b"\t", b"12",
+              b"-1", b"+3", b"x1", b"trailers", b"TRAILERS", b"gzip", b"\x0b7", b"\xff"]
+    regular = [(rng.choice(names), rng.choice(values)) for _ in range(rng.randrange(4))]
+    fields = pseudo + regular
+    if rng.random() < 0.1:
+        fields.insert(rng.randrange(len(fields) + 1), (b":path", b"/again"))
+    return fields
+
+
+def test_request_validator_raises_exactly_when_aioquic_does() -> None:
+    """Differential: 20 000 seeded field sections, same verdict, same error
+    message and same recorded content-length as aioquic's validator."""
+    import random
+
+    from aioquic.h3.connection import MessageError, validate_request_headers
+
+    rng = random.Random(9114)
+    outcomes = {"accepted": 0, "refused": 0}
+    for _ in range(20_000):
+        fields = _random_fields(rng)
+        theirs, ours = H3Stream(0), H3Stream(0)
+        expected: str | None = None
+        try:
+            validate_request_headers(fields, theirs)
+        except MessageError as exc:
+            expected = exc.reason_phrase
+        got: str | None = None
+        try:
+            h3_wire.validate_request_fields(fields, ours)
+        except MessageError as exc:
+            got = exc.reason_phrase
+        assert got == expected, fields
+        assert ours.expected_content_length == theirs.expected_content_length, fields
+        outcomes["accepted" if expected is None else "refused"] += 1
+    # The generator must exercise both verdicts, or the test proves nothing.
+    assert min(outcomes.values()) > 2000, outcomes
