@@ -249,6 +249,9 @@ def open_listeners(config: Config) -> _Listeners:
 
 
 def _open_udp_group(spec: BindSpec, count: int) -> list[sockets.BoundSocket]:
+    if spec.kind != "inet":
+        raise sockets.BindError(f"cannot bind {spec} (UDP): with --workers > 1 every worker needs "
+                                "its own socket, so --quic-bind must be host:port")
     try:
         group = steering.open_udp_group(spec, count)
     except OSError as exc:

@@ -537,3 +537,11 @@ def test_sigusr1_without_a_statistics_directory_is_harmless(start_toy) -> None: 
     sup.wait_for_log("SIGUSR1 ignored")
     assert sup.udp_ask(0).startswith(f"worker=0 pid={pids[0]} ")
     assert sup.udp_ask(1).startswith(f"worker=1 pid={pids[1]} ")
+
+
+def test_inherited_quic_socket_cannot_be_split_over_workers() -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        config = Config(quic_bind=(f"fd://{sock.fileno()}",), certfile="x", keyfile="x",
+                        workers=2)
+        assert supervisor.run(config, worker_main=toy_worker) == 1
