@@ -8,17 +8,25 @@ writes, read pauses and timer settings on the :class:`ByteTransport`.  It never
 touches a socket, a clock (time comes from ``ctx.clock``) or the event loop,
 so the unit tests drive it with plain calls over ``tests/support/bytelink.py``.
 
-Parsing is h11's: one ``h11.Connection(SERVER)`` per request cycle parses the
-request head and body (chunked or Content-Length) and bounds the head size.
+Parsing: each request cycle starts on the fast path,
+:class:`~quicserve.protocols.h1parse.SimpleParser`, which takes a whole,
+well-formed head with at most a Content-Length body (nearly every request)
+and yields what h11 would.  Anything else it declines before yielding an
+event, and the cycle falls back to one ``h11.Connection(SERVER)`` fed every
+byte from the start, which parses the head and body (chunked or
+Content-Length), bounds the head size and decides every 400/431/501, as
+before.  Both yield the same sequence (head, body chunks, end), which
+:meth:`H11Adapter._process` handles alike.
+
 The *response* side is written here, not with ``h11.Connection.send``: h11's
 send path re-validates headers that :func:`head.response_headers` already
 validated and costs ~40 us per response on the reference machine, as much as
 parsing the request.  Our writer is small because the framing rules are few
 (RFC 9112 6.3): no body for HEAD, 1xx, 204 and 304; Content-Length when the
 application gives it; otherwise chunked for HTTP/1.1 and close-delimited for
-HTTP/1.0.  Since h11 never sees our responses, its connection is replaced by a
-fresh one (fed the pipelined bytes it had buffered) at each new cycle rather
-than cycled with ``start_next_cycle``.
+HTTP/1.0.  Since h11 never sees our responses, the parser is replaced by a
+fresh one (fed the pipelined bytes the old one had buffered) at each new
+cycle rather than cycled with ``start_next_cycle``.
 
 The connection moves through :class:`Phase` by :meth:`H11Adapter._transition`
 and the table ``_PHASES``; the phase alone decides what the one timer means::
@@ -82,6 +90,7 @@ from ..interfaces import (
     StreamHandler,
 )
 from .base import ByteTransport, SwitchTo
+from .h1parse import END, FALLBACK, SimpleParser, SimpleRequest
 from .head import H1Request, h1_request, reason_phrase, response_headers, trailer_fields
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -459,7 +468,7 @@ class H11Adapter:
         options = ctx.options
         self._max_head = options.h11_max_incomplete_size
         self._high_water = options.stream_high_water
-        self._parser = self._new_parser()
+        self._parser: h11.Connection | SimpleParser = self._new_parser()
         #: Bytes fed to the current parser (bounds the head size, see _on_request).
         self._fed = 0
         self._held: bytes | None = None
@@ -608,8 +617,17 @@ class H11Adapter:
 
     # -- receive path ---------------------------------------------------------------
 
-    def _new_parser(self) -> h11.Connection:
-        return h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+    def _new_parser(self) -> SimpleParser:
+        """Each cycle starts on the fast path; see :meth:`_fall_back`."""
+        return SimpleParser(self._max_head)
+
+    def _fall_back(self, fast: SimpleParser) -> None:
+        """The request is not simple: h11 parses it from the first byte."""
+        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        data = fast.buffered
+        if data:  # (h11 reads b"" as EOF)
+            parser.receive_data(data)
+        self._parser = parser
 
     def _check_preface(self, data: bytes) -> bytes:
         """Hold the first bytes while they may be the HTTP/2 preface."""
@@ -630,10 +648,25 @@ class H11Adapter:
                 self._bad_request(exc.error_status_hint, str(exc))
                 return None
             kind = type(event)
-            if kind is h11.Data:
+            if kind is SimpleRequest:
+                request = cast(SimpleRequest, event)
+                self._on_request(request.method, request.target, request.headers,
+                                 request.http_version)
+            elif kind is bytes:
+                self._on_data(cast(bytes, event))
+            elif event is END:
+                return self._on_end()
+            elif kind is h11.Data:
                 self._on_data(bytes(cast(h11.Data, event).data))
             elif kind is h11.Request:
-                self._on_request(cast(h11.Request, event))
+                h11_request = cast(h11.Request, event)
+                # raw_items() is h11's cheap public accessor; names are lowercased here.
+                self._on_request(
+                    h11_request.method, h11_request.target,
+                    [(name.lower(), value) for name, value in h11_request.headers.raw_items()],
+                    h11_request.http_version)
+            elif event is FALLBACK:
+                self._fall_back(cast(SimpleParser, self._parser))
             elif kind is h11.EndOfMessage:
                 # The request is complete: what follows (pipelined requests)
                 # waits in h11's buffer and the backlog for the next cycle,
@@ -671,16 +704,16 @@ class H11Adapter:
         else:
             self.transport.set_timeout(self.ctx.options.read_timeout)
 
-    def _on_request(self, event: h11.Request) -> None:
+    def _on_request(self, method: bytes, target: bytes, headers: list[tuple[bytes, bytes]],
+                    http_version: bytes) -> None:
+        """A parsed head (lowercase names), from either parser."""
         if self._fed > self._max_head and self._head_size() > self._max_head:
             # h11 checks its limit only while a head is incomplete; a whole
             # oversized head in one segment is caught here.
             self._bad_request(431, "request head too large")
             return
         try:
-            # raw_items() is h11's cheap public accessor; names are lowercased here.
-            headers = [(name.lower(), value) for name, value in event.headers.raw_items()]
-            request = h1_request(event.method, event.target, headers, event.http_version)
+            request = h1_request(method, target, headers, http_version)
         except ProtocolError as exc:
             self._bad_request(exc.status, str(exc))
             return
@@ -697,7 +730,7 @@ class H11Adapter:
         self.exchange = exchange
         stream = self.ctx.stream_factory(head, exchange)
         exchange.stream = stream
-        stream.start(head, self._conn if event.http_version == b"1.1" else self._conn10)
+        stream.start(head, self._conn if http_version == b"1.1" else self._conn10)
 
     def _head_size(self) -> int:
         """Bytes of the head just parsed: fed to this cycle's parser minus what

@@ -1090,3 +1090,72 @@ def test_random_splits_of_a_pipelined_mix(seed: int) -> None:
     assert answered == len(expected)
     out = h.link.take()
     assert [int(n) for n in re.findall(rb"\r\n\r\nr(\d+)", out)] == list(range(len(expected)))
+
+
+# -- the fast path and h11 agree ------------------------------------------------------------------
+
+
+def _observe(data: bytes, pieces: list[int]) -> tuple[Any, ...]:
+    """Feed ``data`` cut after the given lengths, answering each request once
+    its body ended; return everything a client or an app could see."""
+    h = Harness(h2c=False, h11_max_incomplete_size=512)
+    answered = 0
+    position = 0
+    for size in [*pieces, len(data)]:
+        if h.link.closed or position >= len(data):
+            break
+        h.link.feed(data[position:position + size])
+        position += size
+        for _ in range(50):  # bounded: answer what is complete, which may parse more
+            if answered < len(h.streams) and h.streams[answered].ended and not h.link.closed:
+                h.streams[answered].respond(body=b"r%d" % answered)
+                answered += 1
+            else:
+                break
+    seen = [(s.head, s.conn.http_version if s.conn else None, s.body, s.ended, s.aborted)
+            for s in h.streams]
+    return seen, h.link.take(), h.link.closed, h.adapter.phase
+
+
+AGREEMENT_CASES = [
+    b"GET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET /a?b HTTP/1.1\r\nHost: a\r\nX-A:  1 2 \r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 5\r\n\r\nhelloHEAD / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST /p HTTP/1.1\r\nHost: a\r\nContent-Length: 9\r\n\r\nhello",
+    b"GET / HTTP/1.0\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n0\r\n\r\n"
+    b"GET /after HTTP/1.1\r\nHost: a\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX-Fold: a\r\n b\r\n\r\n",
+    b"GET / HTTP/1.1\nHost: a\n\n",
+    b"GET / HTTP/1.1\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nHost: b\r\n\r\n",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nContent-Length: 1\r\n\r\nx",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1, 2\r\n\r\nx",
+    b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n",
+    b"GET / HTTP/1.1\r\nHost: a\r\nX: " + b"y" * 600 + b"\r\n\r\n",
+    b"GET / HTTP/2.0\r\nHost: a\r\n\r\n",
+    b"\x16\x03\x01\x00\xa5\x01\x00\x00",
+    b"GET / HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n",
+    b"OPTIONS * HTTP/1.1\r\nHost: a\r\n\r\nGET http://h/x HTTP/1.1\r\nHost: a\r\n\r\n",
+]
+
+
+@pytest.mark.parametrize("data", AGREEMENT_CASES)
+def test_whole_reads_and_byte_by_byte_reads_are_served_alike(data: bytes) -> None:
+    """Whole reads take the fast path where the request is simple; single
+    bytes never do (a head is incomplete), so h11 parses them.  Apps and
+    clients must not see the difference."""
+    assert _observe(data, [len(data)]) == _observe(data, [1] * len(data))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_random_cuts_of_generated_requests_are_served_alike(seed: int) -> None:
+    from tests.unit.protocols.test_h1parse import generated_head
+
+    rng = random.Random(seed)
+    for _ in range(60):
+        data = b"".join(generated_head(rng) for _ in range(rng.randrange(1, 4)))
+        cuts = [rng.randrange(1, 40) for _ in range(len(data) // 10 + 1)]
+        assert _observe(data, [len(data)]) == _observe(data, cuts), data

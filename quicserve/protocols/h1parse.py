@@ -1,0 +1,219 @@
+"""The common HTTP/1.x request, parsed without h11: :class:`SimpleParser`.
+
+Theory of operation
+-------------------
+h11 parses a request in pure Python through several layers (a receive
+buffer, line splitting, one regular expression per line, event validation, a
+client/server state machine).  On a keep-alive hello-world load that was a
+quarter of the server's CPU time, while nearly every real request is simple:
+the whole head arrives in one read, every line is well formed and ends in
+CRLF, and the body, if any, has one Content-Length.  :class:`SimpleParser`
+recognises exactly such requests with two regular-expression passes over the
+head and reads their body by counting.  For anything else it answers
+:data:`FALLBACK`, and ``h11.py`` gives every byte it had given this parser to
+a fresh ``h11.Connection``, which parses (or rejects) the request exactly as
+it always did.
+
+The contract that makes this safe, for any input bytes: the parser either
+declines, or produces what h11 would produce from the same bytes: the same
+method, target and HTTP version, the same header list (names lowercased;
+h11 keeps them as sent), the same body length, and it consumes the same
+number of head bytes.  It never rejects anything itself, so every 400, 431
+and 501 decision stays with h11 and ``head.py``.
+``tests/unit/protocols/test_h1parse.py`` checks the contract differentially
+against h11 on generated and mutated heads.
+
+It declines:
+
+* an incomplete head (h11's early request-line check and its size limit
+  apply while a head is incomplete), and a head longer than ``max_head``
+  (the adapter's 431 rule for a whole oversized head);
+* anything outside h11's grammar, and anything h11 accepts but treats
+  specially: bare CR or LF, obs-fold, whitespace before a colon, an HTTP
+  version other than 1.0 and 1.1;
+* Transfer-Encoding (chunked bodies and h11's 501s), Upgrade and CONNECT
+  (h11 pauses for the protocol switch; WebSocket and h2c take that path);
+* a Host count h11 refuses (not exactly one on HTTP/1.1, more than one on
+  HTTP/1.0), and a Content-Length that is repeated or is not 1 to 20 digits
+  (h11 merges equal duplicates and refuses the rest).
+
+Events, from :meth:`SimpleParser.next_event`, in h11's calling pattern so
+that the adapter's one event loop serves both parsers: a
+:class:`SimpleRequest`, then the body as ``bytes`` chunks, then :data:`END`;
+``h11.NEED_DATA`` while the body waits for bytes; ``h11.PAUSED`` after
+:data:`END`.  ``trailing_data`` is, as in h11, what was received and not
+parsed yet (pipelined requests).
+
+Never: raise, keep more than the bytes it was given, or look past the end of
+the current request.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import NamedTuple, Union
+
+import h11
+
+_TOKEN = rb"[-!#$%&'*+.^_`|~0-9a-zA-Z]+"
+#: h11's request line (``_abnf.py``), for HTTP/1.0 and 1.1 only, with its CRLF.
+#: Groups: method, target, minor version.
+_REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01])\r\n")
+#: One header line with its CRLF: what h11's ``header_field`` accepts (name,
+#: colon, OWS, a value of visible characters or obs-text in runs separated
+#: by spaces and tabs, OWS), written so that a line has one parse: the
+#: trailing OWS belongs to a non-empty value.  With h11's own spelling, a
+#: value-less line of n spaces that fails has n*n ways to try (quadratic).
+#: Groups: name, value (None when empty).
+_FIELD_RE = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*(?:([^\x00\s]+(?:[ \t]+[^\x00\s]+)*)[ \t]*)?\r\n")
+#: Header fields that decide whether the request is simple.
+_WATCHED = frozenset({b"host", b"content-length", b"transfer-encoding", b"upgrade"})
+#: h11's CONTENT_LENGTH_MAX_DIGITS.
+_MAX_LENGTH_DIGITS = 20
+
+
+class SimpleRequest(NamedTuple):
+    """A request head the fast path parsed; fields as h11's ``Request``."""
+
+    method: bytes
+    target: bytes
+    #: Names lowercased, values as h11 gives them (surrounding OWS removed).
+    headers: list[tuple[bytes, bytes]]
+    #: b"1.0" or b"1.1".
+    http_version: bytes
+    #: The body length (0 when there is no Content-Length).
+    content_length: int
+
+
+class _Sentinel:
+    __slots__ = ("_name",)
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+
+    def __repr__(self) -> str:
+        return self._name
+
+
+#: The request is complete (h11's ``EndOfMessage``).
+END = _Sentinel("END")
+#: Not a simple request: hand everything to h11 (see :attr:`SimpleParser.buffered`).
+FALLBACK = _Sentinel("FALLBACK")
+
+Event = Union[SimpleRequest, bytes, _Sentinel, type[h11.NEED_DATA], type[h11.PAUSED]]
+
+_HEAD, _BODY, _DONE, _DECLINED = range(4)
+
+
+class SimpleParser:
+    """One request cycle of the fast path (one parser per request, like the
+    adapter's h11 connections).
+
+    Error handling: never raises; input it does not accept is declined with
+    :data:`FALLBACK` before any event was returned for it.
+
+    Resource handling: holds only the bytes it was given and has not returned.
+    """
+
+    __slots__ = ("_data", "_state", "_remaining", "_max_head")
+
+    def __init__(self, max_head: int) -> None:
+        self._data = b""
+        self._state = _HEAD
+        self._remaining = 0
+        self._max_head = max_head
+
+    def receive_data(self, data: bytes) -> None:
+        if type(data) is not bytes:
+            data = bytes(data)
+        self._data = self._data + data if self._data else data
+
+    def next_event(self) -> Event:
+        state = self._state
+        if state == _BODY:
+            return self._body()
+        if state == _HEAD:
+            request = self._head()
+            if request is None:
+                self._state = _DECLINED
+                return FALLBACK
+            return request
+        if state == _DONE:
+            return h11.PAUSED
+        return FALLBACK
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        """Bytes received and not parsed yet; never closed (h11's shape)."""
+        return self._data, False
+
+    @property
+    def buffered(self) -> bytes:
+        """Everything received once the parser declined: h11's input."""
+        return self._data
+
+    def _head(self) -> SimpleRequest | None:
+        data = self._data
+        end = data.find(b"\r\n\r\n")
+        if end < 0 or end + 4 > self._max_head:
+            return None
+        request = _untrusted_head(data, end + 2)
+        if request is None:
+            return None
+        self._data = data[end + 4:]
+        self._remaining = request.content_length
+        self._state = _BODY
+        return request
+
+    def _body(self) -> bytes | _Sentinel | type[h11.NEED_DATA]:
+        remaining = self._remaining
+        if not remaining:
+            self._state = _DONE
+            return END
+        data = self._data
+        if not data:
+            return h11.NEED_DATA
+        if len(data) <= remaining:
+            self._data = b""
+            self._remaining = remaining - len(data)
+            return data
+        self._data = data[remaining:]
+        self._remaining = 0
+        return data[:remaining]
+
+
+def _untrusted_head(data: bytes, stop: int) -> SimpleRequest | None:
+    """Parse the head that ends with the empty line at ``data[stop:stop+2]``
+    if it is simple, else None.  Each line is matched on its own, anchored,
+    so nothing backtracks across lines.  Raises nothing."""
+    line = _REQUEST_LINE_RE.match(data)
+    if line is None:
+        return None
+    method, target, minor = line.groups()
+    if method == b"CONNECT":
+        return None
+    hosts = 0
+    length: bytes | None = None
+    headers: list[tuple[bytes, bytes]] = []
+    pos = line.end()
+    while pos < stop:
+        field = _FIELD_RE.match(data, pos)
+        if field is None:
+            return None
+        pos = field.end()
+        name = field.group(1).lower()
+        value = field.group(2) or b""
+        if name in _WATCHED:
+            if name == b"host":
+                hosts += 1
+            elif name == b"content-length" and length is None \
+                    and value.isdigit() and len(value) <= _MAX_LENGTH_DIGITS:
+                length = value
+            else:
+                return None  # transfer-encoding, upgrade, a second or odd length
+        headers.append((name, value))
+    if hosts > 1 or (hosts == 0 and minor == b"1"):
+        return None  # h11: "Found multiple Host" / "Missing mandatory Host"
+    return SimpleRequest(method, target, headers, b"1.1" if minor == b"1" else b"1.0",
+                         int(length) if length is not None else 0)
