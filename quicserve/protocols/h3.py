@@ -87,6 +87,11 @@ def is_request_stream(stream_id: int) -> bool:
 class StreamState(enum.Enum):
     """A request stream's two halves, as QUIC sees them (RFC 9000 3)."""
 
+    # Members are singletons compared by identity, so hash them by identity
+    # too: Enum's own __hash__ is a Python-level call, paid on every table
+    # lookup and set membership test of every request.
+    __hash__ = object.__hash__
+
     OPEN = "open"
     #: The request's FIN arrived; the response is still going out.
     REQUEST_DONE = "request received"
@@ -98,6 +103,8 @@ class StreamState(enum.Enum):
 
 
 class StreamEvent(enum.Enum):
+    __hash__ = object.__hash__  # identity, as for StreamState
+
     REQUEST_END = "request end"
     RESPONSE_END = "response end"
     RESET = "reset"
@@ -112,6 +119,9 @@ _TRANSITIONS: dict[tuple[StreamState, StreamEvent], StreamState] = {
     (StreamState.REQUEST_DONE, StreamEvent.RESET): StreamState.RESET,
     (StreamState.RESPONSE_DONE, StreamEvent.RESET): StreamState.RESET,
 }
+#: ``:status`` values, encoded once.
+_STATUS = {code: str(code).encode() for code in range(100, 600)}
+
 _RECEIVING = frozenset({StreamState.OPEN, StreamState.RESPONSE_DONE})
 _SENDING = frozenset({StreamState.OPEN, StreamState.REQUEST_DONE})
 _FINISHED = frozenset({StreamState.CLOSED, StreamState.RESET})
@@ -175,14 +185,17 @@ class RequestStream:
             self._adapter.write_head(self, status, headers)
 
     async def send_body(self, data: bytes, end: bool) -> None:
-        limit = self._adapter.high_water
+        adapter = self._adapter
+        limit = adapter.high_water
         if len(data) <= limit:
-            self._adapter.write_body(self, data, end)
-            await self._wait_writable()
+            adapter.write_body(self, data, end)
+            # The usual case needs no wait: skip building the coroutine.
+            if self.state is StreamState.RESET or adapter.must_wait(self):
+                await self._wait_writable()
             return
         for offset in range(0, len(data), limit):
             last = offset + limit >= len(data)
-            self._adapter.write_body(self, data[offset:offset + limit], end and last)
+            adapter.write_body(self, data[offset:offset + limit], end and last)
             await self._wait_writable()
 
     def send_trailers(self, headers: Headers) -> None:
@@ -249,6 +262,9 @@ class H3Adapter:
             self._dispatch(self._h3.handle_event(event))  # type: ignore[arg-type]
 
     def on_send_capacity(self) -> None:
+        # Called once the events of a received datagram are handled: the QPACK
+        # acknowledgements of all its request heads leave in one write.
+        self._h3.flush_decoder()
         for stream in list(self.blocked):
             if not self.must_wait(stream):
                 self.blocked.discard(stream)
@@ -396,7 +412,8 @@ class H3Adapter:
     def write_head(self, stream: RequestStream, status: int, headers: Headers) -> None:
         fields = heads.response_headers(status, headers, self._ctx.response_defaults,
                                         now=self._ctx.clock(), alt_svc=False)
-        self._h3.send_headers(stream.stream_id, [(b":status", str(status).encode()), *fields])
+        code = _STATUS.get(status) or str(status).encode()
+        self._h3.send_headers(stream.stream_id, [(b":status", code), *fields])
         self._session.mark_dirty()
 
     def write_body(self, stream: RequestStream, data: bytes, end: bool) -> None:

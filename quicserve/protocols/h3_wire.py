@@ -41,7 +41,11 @@ measured with ``bench/h3.py``; the differential test in
   aioquic's own per-field checks) but screens each field with one regular
   expression instead of a Python loop over its bytes;
 * ``_decode_headers``/``_encode_headers`` skip handing an empty QPACK
-  instruction block to the decoder/encoder stream.
+  instruction block to the decoder/encoder stream, and decoder instructions
+  (a Section Acknowledgment for nearly every request) are collected and
+  written to the decoder stream in one piece by :meth:`flush_decoder`, which
+  the adapter calls once the events of a received datagram are handled --
+  so before the endpoint's flush of that loop turn.
 """
 
 from __future__ import annotations
@@ -175,6 +179,8 @@ class ServerH3Connection(H3Connection):
     def __init__(self, quic: object) -> None:
         super().__init__(quic)  # type: ignore[arg-type]
         self._discarded: set[int] = set()
+        #: QPACK decoder instructions not yet written to the decoder stream.
+        self._decoder_pending: list[bytes] = []
 
     # -- public additions -----------------------------------------------------
 
@@ -187,6 +193,15 @@ class ServerH3Connection(H3Connection):
         frame = encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
         self._quic.send_stream_data(control, frame)
         return control
+
+    def flush_decoder(self) -> None:
+        """Write the QPACK decoder instructions collected since the last call."""
+        pending = self._decoder_pending
+        if pending and self._local_decoder_stream_id is not None:
+            data = b"".join(pending)
+            pending.clear()
+            self._decoder_bytes_sent += len(data)
+            self._quic.send_stream_data(self._local_decoder_stream_id, data)
 
     def buffered(self, stream_id: int) -> int:
         """Bytes of ``stream_id`` received but not yet turned into events."""
@@ -226,14 +241,13 @@ class ServerH3Connection(H3Connection):
                 decoder, headers = self._decoder.feed_header(stream_id, frame_data)
         except pylsqpack.DecompressionFailed as exc:
             raise QpackDecompressionFailed() from exc
-        # The QPACK streams are opened in __init__, so their IDs are set.
-        if decoder and self._local_decoder_stream_id is not None:
-            self._decoder_bytes_sent += len(decoder)
-            self._quic.send_stream_data(self._local_decoder_stream_id, decoder)
+        if decoder:
+            self._decoder_pending.append(decoder)
         return headers
 
     def _encode_headers(self, stream_id: int, headers: Any) -> bytes:
         encoder, frame_data = self._encoder.encode(stream_id, headers)
+        # The QPACK streams are opened in __init__, so their IDs are set.
         if encoder and self._local_encoder_stream_id is not None:
             self._encoder_bytes_sent += len(encoder)
             self._quic.send_stream_data(self._local_encoder_stream_id, encoder)

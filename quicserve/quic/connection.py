@@ -132,7 +132,7 @@ class QuicSession:
     __slots__ = (
         "_ctx", "_quic", "_owner", "_server", "_adapter", "_handshake_done",
         "_close_on_first_receive", "_client_dcid", "_client_auth", "_client_cert", "_refused",
-        "host_cid", "cid_hex", "_log",
+        "host_cid", "cid_hex", "_log", "_info",
     )
 
     def __init__(
@@ -164,6 +164,8 @@ class QuicSession:
         self.host_cid: bytes = quic.host_cid
         self.cid_hex = self.host_cid.hex()
         self._log = error_logger
+        #: The last ConnectionInfo built; reused while the client path is the same.
+        self._info: ConnectionInfo | None = None
 
     # -- driven by the endpoint ---------------------------------------------------
 
@@ -230,19 +232,26 @@ class QuicSession:
         self._owner.session_dirty(self)
 
     def connection_info(self, *, early_data: bool = False) -> ConnectionInfo:
+        # ConnectionInfo is frozen, so requests share one; it is rebuilt when
+        # the client's path (migration, NAT rebinding) or certificate changes.
         peer = self._quic.get_peer_address()
+        client = (peer[0], peer[1]) if peer is not None else None
+        info = self._info
+        if info is not None and info.client == client and info.client_cert is self._client_cert:
+            return info
         http_version, label, extensions = _H3_INFO
-        return ConnectionInfo(
+        info = self._info = ConnectionInfo(
             http_version=http_version,
             protocol=label,
             scheme="https",
-            client=(peer[0], peer[1]) if peer is not None else None,
+            client=client,
             server=self._server,
             secure=True,
             connection_id=self.cid_hex,
             client_cert=self._client_cert,
             extensions=extensions,
         )
+        return info
 
     def withhold_credit(self, stream_id: int, n: int) -> None:
         self._quic.withhold_stream_credit(stream_id, n)

@@ -251,6 +251,33 @@ def test_finished_request_streams_leave_no_h3_state_behind() -> None:
     run(main())
 
 
+def test_qpack_acknowledgements_of_one_batch_leave_in_one_write() -> None:
+    """Request heads that use the client's dynamic table are acknowledged on
+    the decoder stream; the acknowledgements of everything handled before
+    ``on_send_capacity`` (one datagram's events) go out in one write."""
+    async def main() -> None:
+        pair = Pair(apps.hello)
+        pair.to_server()
+        pair.to_client()  # the client learns our QPACK table capacity
+        pair.to_server()
+        fields = [(b":method", b"GET"), (b":scheme", b"https"), (b":authority", b"localhost"),
+                  (b":path", b"/"), (b"x-repeated", b"the same value every time")]
+        ids = [pair.request(headers=fields) for _ in range(5)]
+        h3 = pair.adapter._h3
+        decoder_stream = h3._local_decoder_stream_id
+        before = len(pair.server_quic.log)
+        pair.to_server()
+        pair.adapter.on_send_capacity()
+        writes = [e for e in pair.server_quic.log[before:]
+                  if isinstance(e, StreamDataReceived) and e.stream_id == decoder_stream]
+        assert len(writes) == 1 and writes[0].data, writes
+        for stream_id in ids:
+            await pair.pump(pair.done(stream_id))
+        assert h3._decoder_bytes_sent > 0
+        assert pair.client._decoder_bytes_received == h3._decoder_bytes_sent
+    run(main())
+
+
 def test_post_body_delivered_one_byte_at_a_time() -> None:
     body = os.urandom(3000)
 
