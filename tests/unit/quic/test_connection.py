@@ -23,6 +23,7 @@ from quicserve.config import Config
 from quicserve.quic.connection import stream_send_buffered, stream_send_pending
 from tests.support import apps
 from tests.support.certs import CertSet
+from quicserve.transport.udp import build_endpoint
 from tests.support.quic_peers import CLIENT_ADDR, SERVER_ADDR, H3Client, QuicHarness
 
 
@@ -174,6 +175,30 @@ def test_idle_timeout_removes_the_session(certs: CertSet) -> None:
         assert h.endpoint.router_statistics().sessions == 0  # type: ignore[attr-defined]
         assert h.endpoint.router_statistics().connection_ids == 0  # type: ignore[attr-defined]
         assert h.clock.pending() == 0, "the session's timer must be cancelled"
+    run(main())
+
+
+def test_session_clock_on_its_own_base_drives_the_timers(certs: CertSet) -> None:
+    """The endpoint's ``clock`` (time.monotonic in production, because
+    uvloop's loop clock counts whole milliseconds) gives the sessions' ``now``;
+    deadlines become loop timers by their distance from that clock.  With a
+    clock 7 s ahead of the loop's, the idle timeout still fires 5 s after the
+    client went silent -- not 7 s early or late."""
+    async def main() -> None:
+        h = harness(certs, apps.hello, quic_idle_timeout=5.0)
+        h.endpoint = build_endpoint(loop=h.loop,  # type: ignore[arg-type]
+                                    ctx=h.ctx, config=h.config, secrets=h.secrets,
+                                    server=SERVER_ADDR, clock=lambda: h.clock.now + 7.0)
+        h.endpoint.attach(h.transport, SERVER_ADDR)
+        client = h.client()
+        stream_id = client.request("GET", "/")
+        await h.run(done(client, stream_id))
+        h.link.lose = lambda data, src, dst: src == CLIENT_ADDR
+        started = h.clock.now
+        await h.run_for(4.5)
+        assert session_count(h) == 1, "closed early: deadlines were read on the wrong base"
+        await h.run(lambda: session_count(h) == 0)
+        assert 5.0 <= h.clock.now - started <= 6.5
     run(main())
 
 
