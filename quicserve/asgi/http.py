@@ -129,15 +129,32 @@ def response_headers(raw: Iterable[Any], state: str, message_type: str) -> list[
     return headers
 
 
-def _promised_length(status: int, headers: list[tuple[bytes, bytes]], head_only: bool) -> int | None:
-    """The body length the app's Content-Length header promises, when it must
-    be honoured (never for HEAD, 204 and 304, whose bodies are empty anyway)."""
-    if head_only or status in (204, 304):
+def _promised_length(status: int, length: bytes | None, head_only: bool) -> int | None:
+    """The body length the app's (first) Content-Length header promises, when
+    it must be honoured (never for HEAD, 204 and 304, whose bodies are empty
+    anyway)."""
+    if length is None or head_only or status in (204, 304):
         return None
-    for name, value in headers:
-        if name == b"content-length":
-            return int(value) if value.isdigit() else None
-    return None
+    return int(length) if length.isdigit() else None
+
+
+def _start_headers(raw: Iterable[Any], state: ResponseState) -> tuple[list[tuple[bytes, bytes]],
+                                                                        bytes | None]:
+    """:func:`response_headers` for ``http.response.start``, also returning
+    the first Content-Length value (one pass over the app's list)."""
+    headers: list[tuple[bytes, bytes]] = []
+    length: bytes | None = None
+    try:
+        for name, value in raw:
+            if type(name) is not bytes or type(value) is not bytes:
+                raise TypeError("header names and values must be bytes")
+            name = name.lower()
+            if name == b"content-length" and length is None:
+                length = value
+            headers.append((name, value))
+    except (TypeError, ValueError) as exc:
+        raise ASGIProtocolError(state.name, f"http.response.start ({exc})") from None
+    return headers, length
 
 
 class HTTPStream:
@@ -194,10 +211,9 @@ class HTTPStream:
         self._started_at = self._ctx.clock()
         self._head_only = head.method == "HEAD"
         self._scope = self._ctx.scopes.http(head, conn, self._ctx.state)
-        if conn.http_version != "1.0":
-            self._expect_continue = any(
-                n == b"expect" and v.lower() == b"100-continue" for n, v in head.headers
-            )
+        # HTTP/1.0 clients take no 100; the header is looked for on the first
+        # receive() (most GETs never call it).
+        self._expect_continue = conn.http_version != "1.0"
         self._ctx.spawn(self._run(), True)
 
     def receive_body(self, data: bytes, more: bool) -> None:
@@ -265,12 +281,12 @@ class HTTPStream:
         status = message.get("status")
         if type(status) is not int or not 200 <= status <= 599:
             raise ASGIProtocolError(self._state.name, f"{kind} (bad status {status!r})")
-        headers = response_headers(message.get("headers", ()), self._state.name, kind)
+        headers, length = _start_headers(message.get("headers", ()), self._state)
         self._transition(_Event.START, kind)
         self._status = status
         self._headers = headers
         self._trailers = bool(message.get("trailers", False))
-        self._remaining = _promised_length(status, headers, self._head_only)
+        self._remaining = _promised_length(status, length, self._head_only)
 
     async def _send_body(self, message: Message) -> None:
         kind = "http.response.body"
@@ -294,7 +310,12 @@ class HTTPStream:
             body = b""
         if body or event is _Event.BODY_END or previous is ResponseState.STARTED:
             self._sent_bytes += len(body)
-            await self._write(body, event is _Event.BODY_END)
+            try:  # (inline rather than a helper coroutine: one frame less per body)
+                await self._sink.send_body(body, event is _Event.BODY_END)
+            except StreamClosed:
+                self._disconnected = True
+                self._wake()
+                raise ClientDisconnected("the client disconnected") from None
         if self._state is ResponseState.DONE:
             self._response_done()
 
@@ -334,14 +355,6 @@ class HTTPStream:
         if isinstance(body, (bytearray, memoryview)):
             return bytes(body)
         raise ASGIProtocolError(self._state.name, f"{kind} (body must be bytes)")
-
-    async def _write(self, data: bytes, end: bool) -> None:
-        try:
-            await self._sink.send_body(data, end)
-        except StreamClosed:
-            self._disconnected = True
-            self._wake()
-            raise ClientDisconnected("the client disconnected") from None
 
     def _response_done(self) -> None:
         """The response is complete: the body can no longer be read."""
@@ -394,7 +407,9 @@ class HTTPStream:
         except Exception as exc:  # the app's failure: logged and answered below
             await self._app_raised(exc)
         else:
-            await self._app_returned()
+            if self._error is not None or not (
+                    self._state is ResponseState.DONE or self._disconnected):
+                await self._app_returned()  # (the usual ending needs no coroutine)
         finally:
             self._app_done = True
             self._drop_body()
@@ -467,10 +482,14 @@ class HTTPStream:
             self._sink.credit(dropped)
 
     def _send_continue(self) -> None:
-        """First receive(): ask for the body if none of it has arrived yet."""
+        """First receive(): ask for the body if the client waits for a 100
+        and none of the body has arrived yet."""
         self._expect_continue = False
         if (self._state is ResponseState.AWAITING_START and not self._body
-                and not self._body_complete and not self._disconnected):
+                and not self._body_complete and not self._disconnected
+                and self._head is not None and any(
+                    n == b"expect" and v.lower() == b"100-continue"
+                    for n, v in self._head.headers)):
             self._sink.send_head(100, [])
 
     def _wake(self) -> None:

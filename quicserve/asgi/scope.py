@@ -106,7 +106,9 @@ class ScopeBuilder:
     def http(self, head: RequestHead, conn: ConnectionInfo, state: dict[str, Any]) -> Scope:
         """The ``http`` scope of one request."""
         raw_path, query = split_target(head.target)
-        path, raw_path = self._rooted(decode_path(raw_path), raw_path)
+        path = decode_path(raw_path)
+        if self._root_path:
+            path, raw_path = self._rooted(path, raw_path)
         scheme = head.scheme or conn.scheme
         client = conn.client
         if self._proxy is not None:
@@ -141,7 +143,7 @@ class ScopeBuilder:
 
     def _rooted(self, path: str, raw_path: bytes) -> tuple[str, bytes]:
         root = self._root_path
-        if not root or path == "*":
+        if path == "*":
             return path, raw_path
         if path == root or path.startswith(root + "/"):
             return path, raw_path
