@@ -6,7 +6,7 @@ Theory of operation
 aioquic connection (``quic/internals.py``'s ``ManagedQuicConnection``, whose
 connection IDs and stateless-reset tokens come from quicserve) and the
 application adapter on top of it.  The endpoint drives it with four calls,
-all synchronous, all taking ``now`` from the loop's clock:
+all synchronous, all taking ``now`` from the endpoint's clock:
 
 ``receive(data, addr, now)``
     one datagram the router delivered; events are processed at once.
@@ -17,6 +17,8 @@ all synchronous, all taking ``now`` from the loop's clock:
 ``deadline()``
     when the timer must fire next (aioquic's ``get_timer()``); the endpoint
     re-arms its one timer handle only when this changes.
+``datagrams_due(now)``
+    within a flush: the next pacer burst if its time has already come.
 
 Upward, the session tells its :class:`SessionOwner` (the endpoint) what the
 router and the flush need to know: ``session_dirty`` (flush me this turn),
@@ -197,6 +199,21 @@ class QuicSession:
 
     def deadline(self) -> float | None:
         return self._quic.get_timer()
+
+    def datagrams_due(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        """The next burst, if the pacer held the last one back and its time
+        has already come (building the last burst took longer than the
+        pacer's gap): what the session's timer would do, without the loop
+        round trip.  Empty otherwise."""
+        quic = self._quic
+        if not quic.pacing_blocked:
+            return []
+        deadline = quic.get_timer()
+        if deadline is None or deadline > now:
+            return []
+        quic.handle_timer(now)
+        self._process_events()
+        return self.datagrams_to_send(now)
 
     def shutdown(self) -> None:
         """Graceful: GOAWAY (H3); the adapter closes once its streams are done."""

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 aioquic's :class:`~aioquic.quic.connection.QuicConnection` is sans-IO and
-good, but four things quicserve needs are not configurable through its
+good, but five things quicserve needs are not configurable through its
 public API.  :class:`ManagedQuicConnection` (a server-side subclass) adds
 them, and ``tests/unit/quic/test_internals.py`` pins every private name used
 here so an aioquic upgrade that moves one fails loudly, naming it.
@@ -59,6 +59,10 @@ here so an aioquic upgrade that moves one fails loudly, naming it.
    secret depends on the ticket *nonce*, not the label, so replacing the
    label is safe.  With ``early_data=False`` the rewritten ticket omits the
    early_data extension, so compliant clients resume without 0-RTT.
+
+5. **Whether the pacer held the last flush back** (``_pacing_at``), so the
+   endpoint can take the next burst in the same loop turn once its time has
+   come (:attr:`ManagedQuicConnection.pacing_blocked`).
 
 API for ``quic/connection.py`` (QuicSession)::
 
@@ -270,6 +274,13 @@ class ManagedQuicConnection(QuicConnection):
         if quic_logger is not None:
             builder.quic_logger_frames.append(quic_logger.encode_max_stream_data_frame(
                 maximum=stream.max_stream_data_local, stream_id=stream.stream_id))
+
+    @property
+    def pacing_blocked(self) -> bool:
+        """The last ``datagrams_to_send`` stopped because the pacer said wait
+        (not for want of data or congestion window): aioquic's
+        ``_pacing_at`` is set exactly then."""
+        return self._pacing_at is not None
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, Any]]:
         datagrams: list[tuple[bytes, Any]] = super().datagrams_to_send(now)

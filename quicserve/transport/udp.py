@@ -18,7 +18,12 @@ the only QUIC code that touches the event loop.  Everything it does is one of:
   datagrams and re-arms its timer.  So a burst of received datagrams, or a
   hundred apps writing in the same turn, costs one flush per session per turn.
 * **timers** -- one ``TimerHandle`` per session, re-armed only when the
-  session's deadline (aioquic ``get_timer()``) changes.
+  session's deadline (aioquic ``get_timer()``) changes.  aioquic's pacer
+  releases at most one burst per call; when a flush got a full burst and the
+  pacer's next send time has already passed by the end of it, the flush takes
+  the next burst at once (``QuicSession.datagrams_due``, up to
+  :data:`FLUSH_BUDGET` datagrams), rather than arming a timer that is already
+  due and waiting a loop turn for it.
 * **time** -- ``now`` for aioquic comes from the endpoint's clock.  In
   production that is ``time.monotonic``, not ``loop.time()``: uvloop's
   ``loop.time()`` counts whole milliseconds (libuv's cached ``uv_now``), and
@@ -64,6 +69,11 @@ from .udp_socket import SocketIO
 if TYPE_CHECKING:
     from ..config import Config
     from ..interfaces import ConnectionContext
+
+
+#: Datagrams one session may send in one flush by taking further pacer
+#: bursts that are already due: one GSO batch (64 segments).
+FLUSH_BUDGET = 64
 
 
 class DatagramIO(Protocol):
@@ -191,9 +201,25 @@ class UdpEndpoint:
         sessions = self._sessions
         for session in dirty:
             if session in sessions:
-                datagrams += session.datagrams_to_send(now)
+                out = session.datagrams_to_send(now)
+                if out:
+                    out = self._more_bursts(session, out)
+                datagrams += out
                 self._arm_timer(session)
         self._send(datagrams)
+
+    def _more_bursts(self, session: QuicSession,
+                     out: list[tuple[bytes, NetworkAddress]]) -> list[tuple[bytes, NetworkAddress]]:
+        """aioquic's pacer lets one burst out per call.  Building one takes
+        long enough that the next is often due before the flush ends: take it
+        now, up to one GSO batch, instead of after a timer and a loop turn."""
+        clock = self._now
+        while len(out) < FLUSH_BUDGET:
+            more = session.datagrams_due(clock())
+            if not more:
+                break
+            out += more
+        return out
 
     def _send(self, datagrams: list[tuple[bytes, NetworkAddress]]) -> None:
         if self._io is not None and datagrams:

@@ -79,7 +79,7 @@ def test_pinned_instance_attributes(certs: CertSet) -> None:
     conn = QuicConnection(configuration=server_configuration(certs),
                           original_destination_connection_id=os.urandom(8))
     for name in ("_host_cids", "_local_initial_source_connection_id", "_local_max_streams_bidi",
-                 "_crypto_buffers", "_streams", "_quic_logger", "_configuration"):
+                 "_crypto_buffers", "_streams", "_quic_logger", "_configuration", "_pacing_at"):
         pin(conn, name)
     limit = conn._local_max_streams_bidi
     for name in ("value", "sent", "used"):
@@ -396,6 +396,31 @@ def test_without_withholding_aioquic_lets_everything_in(certs: CertSet) -> None:
     """The control: aioquic's own behaviour, which is why the hook exists."""
     _, seen = upload_pair(certs, managed=False)
     assert seen == {"received": UPLOAD, "fin": 1}
+
+
+def test_pacing_blocked_is_true_exactly_when_the_pacer_held_data_back(certs: CertSet) -> None:
+    """aioquic sets ``_pacing_at`` when its pacer stops a flush: with 1 MB
+    queued, one call sends a burst and reports the pacer; the next call at
+    the pacer's time sends more; once the data is gone, it reports no pacing."""
+    pair = Pair(QuicConnection(configuration=client_configuration(certs)),
+                managed_factory(certs, issuer=CidIssuer(worker_id=0, worker_count=1)))
+    pair.start()
+    pair.run()
+    server = pair.server
+    assert server is not None and not server.pacing_blocked
+    stream_id = server.get_next_available_stream_id(is_unidirectional=True)
+    # Grow the congestion window on an RTT sample, then queue more than it.
+    server.send_stream_data(stream_id, b"x" * 1_000_000)
+    pair.now += 0.001
+    first = server.datagrams_to_send(now=pair.now)
+    assert first and server.pacing_blocked, "a big queue must end a flush on the pacer"
+    deadline = server.get_timer()
+    assert deadline is not None and deadline <= pair.now + 0.01
+    assert server.datagrams_to_send(now=deadline + 0.0001), "the next burst is due"
+    for data in first:
+        pair.client.receive_datagram(data[0], SERVER_ADDR, now=pair.now)
+    pair.run(rounds=2000)
+    assert server.datagrams_to_send(now=pair.now) == [] and not server.pacing_blocked
 
 
 def test_send_buffered_counts_unacknowledged_bytes(certs: CertSet) -> None:
