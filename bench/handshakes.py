@@ -41,7 +41,7 @@ from bench.common import (BenchContext, Group, Measurement, Server, free_port, i
 
 TITLE = "QUIC handshakes"
 APP = "bench.apps:hello"
-CONNECTIONS = 300
+CONNECTIONS = 150
 PARALLEL = 4
 
 

@@ -82,12 +82,14 @@ async def _client(port: int, count: int, hold: bool) -> None:
 
     configuration = QuicConfiguration(is_client=True, alpn_protocols=H3_ALPN,
                                       verify_mode=ssl.CERT_NONE, idle_timeout=120.0)
+    clients: list[Client] = []
     async with contextlib.AsyncExitStack() as stack:
         async def one() -> bool:
             try:
                 client = await stack.enter_async_context(
                     connect("127.0.0.1", port, configuration=configuration, create_protocol=Client,
                             wait_connected=True))
+                clients.append(client)  # type: ignore[arg-type]
                 return await client.get()  # type: ignore[attr-defined,no-any-return]
             except (OSError, asyncio.TimeoutError, ConnectionError):
                 return False
@@ -99,6 +101,13 @@ async def _client(port: int, count: int, hold: bool) -> None:
         print(f"ready {ok}", flush=True)
         if hold:
             await asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        # Close every connection at once (the exit stack would wait for each
+        # closing period in turn), give the CONNECTION_CLOSEs a moment, leave.
+        for client in clients:
+            client.close()
+        await asyncio.sleep(0.2)
+        sys.stdout.flush()
+        os._exit(0)
 
 
 def client_main(argv: list[str]) -> int:
