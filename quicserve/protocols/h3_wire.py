@@ -78,6 +78,10 @@ from aioquic.quic.events import QuicEvent, StreamDataReceived, StreamReset
 _BAD_NAME_BYTE = re.compile(rb"[\x00-\x20A-Z\x7f-\xff]")
 #: A header-value byte aioquic refuses anywhere in the value.
 _BAD_VALUE_BYTE = re.compile(rb"[\x00\n\r]")
+#: Header names that passed aioquic's name check: validity depends on the
+#: name alone.  Bounded in count and name length, so peers cannot grow it.
+_VALID_NAMES: set[bytes] = set()
+_VALID_NAMES_MAX = 1024
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 _REQUIRED_PSEUDO = frozenset((b":method", b":authority"))
 
@@ -90,16 +94,18 @@ def validate_request_fields(headers: list[tuple[bytes, bytes]], stream: H3Stream
     A field that the regular expressions flag is handed to aioquic's own
     ``validate_header_name``/``validate_header_value``, which raise the
     precise error; the pseudo-header and semantic checks follow aioquic's
-    order field by field.
+    order field by field.  Names already found valid are remembered
+    (:data:`_VALID_NAMES`): a request repeats the same few.
     """
     after_pseudo = False
     authority = path = scheme = None
     seen: set[bytes] = set()
     for key, value in headers:
-        if _BAD_NAME_BYTE.search(key) is not None or key.find(b":", 1) >= 0:
-            validate_header_name(key)
-        if value and (_BAD_VALUE_BYTE.search(value) is not None or value[0] in WHITESPACE
-                      or value[-1] in WHITESPACE):
+        if key not in _VALID_NAMES:
+            _check_name(key)
+        if value and (
+                _BAD_VALUE_BYTE.search(value) is not None or value[0] in WHITESPACE
+                or value[-1] in WHITESPACE):
             validate_header_value(key, value)
         if key[:1] == b":":
             if after_pseudo:
@@ -132,6 +138,13 @@ def validate_request_fields(headers: list[tuple[bytes, bytes]], stream: H3Stream
             raise MessageError("Pseudo-header b':authority' cannot be empty")
         if not path:
             raise MessageError("Pseudo-header b':path' cannot be empty")
+
+
+def _check_name(key: bytes) -> None:
+    if _BAD_NAME_BYTE.search(key) is not None or key.find(b":", 1) >= 0:
+        validate_header_name(key)
+    elif len(_VALID_NAMES) < _VALID_NAMES_MAX and len(key) <= 64:
+        _VALID_NAMES.add(key)
 
 
 def _record_content_length(value: bytes, stream: H3Stream | None) -> None:
