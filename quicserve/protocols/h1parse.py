@@ -103,6 +103,9 @@ FALLBACK = _Sentinel("FALLBACK")
 
 Event = Union[SimpleRequest, bytes, _Sentinel, type[h11.NEED_DATA], type[h11.PAUSED]]
 
+# The parser's states.  Plain ints rather than an Enum (this is the
+# per-request path), and only three moves: HEAD -> BODY (a simple head),
+# HEAD -> DECLINED (anything else), BODY -> DONE (the body was counted out).
 _HEAD, _BODY, _DONE, _DECLINED = range(4)
 
 
@@ -155,8 +158,8 @@ class SimpleParser:
 
     def _head(self) -> SimpleRequest | None:
         data = self._data
-        end = data.find(b"\r\n\r\n")
-        if end < 0 or end + 4 > self._max_head:
+        end = data.find(b"\r\n\r\n", 0, self._max_head)  # (a longer head: h11's 431)
+        if end < 0:
             return None
         request = _untrusted_head(data, end + 2)
         if request is None:
