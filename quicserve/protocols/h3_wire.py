@@ -64,6 +64,7 @@ from aioquic.h3.connection import (
     H3Stream,
     HeadersState,
     MessageError,
+    ProtocolError,
     QpackDecompressionFailed,
     encode_frame,
     stream_is_request_response,
@@ -156,6 +157,22 @@ def _record_content_length(value: bytes, stream: H3Stream | None) -> None:
         raise MessageError("content-length is not a non-negative integer") from None
     if stream:
         stream.expected_content_length = length
+
+
+def _frame_length(data: bytes) -> tuple[int, int]:
+    """The payload offset and length of the frame at ``data[0]`` (whose type
+    is one byte); a length cut short by the end of ``data`` gives an offset
+    past it, so no complete frame matches."""
+    if len(data) < 2:
+        return 2, 0
+    first = data[1]
+    size = 1 << (first >> 6)
+    if len(data) < 1 + size:
+        return len(data) + 1, 0
+    length = first & 0x3F
+    for byte in data[2:1 + size]:
+        length = (length << 8) | byte
+    return 1 + size, length
 
 
 class _StreamScope:
@@ -268,13 +285,51 @@ class ServerH3Connection(H3Connection):
         return frame
 
     def handle_event(self, event: QuicEvent) -> list[H3Event]:
-        if isinstance(event, StreamDataReceived) and event.stream_id in self._discarded:
-            if event.end_stream:
-                self._forget(event.stream_id)
-            return []
-        if isinstance(event, StreamReset) and event.stream_id in self._discarded:
+        if isinstance(event, StreamDataReceived):
+            stream_id = event.stream_id
+            if stream_id in self._discarded:
+                if event.end_stream:
+                    self._forget(stream_id)
+                return []
+            if stream_id % 4 == 0 and stream_id not in self._stream and not self._is_done:
+                events = self._whole_request_head(event)
+                if events is not None:
+                    return events
+        elif isinstance(event, StreamReset) and event.stream_id in self._discarded:
             self._discarded.discard(event.stream_id)
         return super().handle_event(event)
+
+    def _whole_request_head(self, event: StreamDataReceived) -> list[H3Event] | None:
+        """The first data of a request stream when it is exactly one complete
+        HEADERS frame (a GET's whole request, or a POST's head): what aioquic
+        does for it, without its general frame reassembly.  None when the data
+        is anything else; the caller then takes aioquic's path."""
+        data = event.data
+        if data[:1] != b"\x01":  # HEADERS, as a one-byte varint
+            return None
+        start, length = _frame_length(data)
+        if start + length != len(data):
+            return None
+        stream_id = event.stream_id
+        stream = self._stream[stream_id] = H3Stream(stream_id)
+        if event.end_stream:
+            stream.receiving_ended = True
+        try:
+            return self._handle_request_or_push_frame(
+                FrameType.HEADERS, data[start:], stream, event.end_stream)
+        except pylsqpack.StreamBlocked:
+            # As aioquic: parked until the encoder stream delivers the entries.
+            stream.blocked = True
+            stream.blocked_frame_size = length
+            stream.blocked_frame_type = FrameType.HEADERS
+            return []
+        except ProtocolError as exc:
+            self._is_done = True
+            self._quic.close(error_code=exc.error_code, reason_phrase=exc.reason_phrase)
+            return []
+        finally:
+            if stream.is_ended():
+                self._stream.pop(stream_id)
 
     def _handle_request_or_push_frame(
         self,

@@ -680,3 +680,97 @@ def test_request_validator_raises_exactly_when_aioquic_does() -> None:
         outcomes["accepted" if expected is None else "refused"] += 1
     # The generator must exercise both verdicts, or the test proves nothing.
     assert min(outcomes.values()) > 2000, outcomes
+
+
+# --------------------------------------------------------------------------
+# h3_wire's whole-request-head shortcut against aioquic's frame reassembly
+
+
+class ReassemblingH3(h3_wire.ServerH3Connection):
+    """ServerH3Connection with the shortcut off: every byte takes aioquic's path."""
+
+    def _whole_request_head(self, event: StreamDataReceived) -> list[H3Event] | None:
+        return None
+
+
+def _client_events(rng: Any) -> list[QuicEvent]:
+    """What an aioquic H3 client sends for a few requests (valid and not)."""
+    quic = FakeQuic(is_client=True)
+    client = H3Connection(quic)  # type: ignore[arg-type]
+    server_settings = H3Connection(FakeQuic(is_client=False))  # type: ignore[arg-type]
+    for event in server_settings._quic.take():  # type: ignore[attr-defined]
+        client.handle_event(event)  # the client may now use its dynamic table
+    for _ in range(rng.randrange(1, 5)):
+        stream_id = quic.get_next_available_stream_id()
+        fields = [(b":method", rng.choice([b"GET", b"POST"])), (b":scheme", b"https"),
+                  (b":authority", b"localhost"), (b":path", b"/%d" % rng.randrange(9))]
+        fields += rng.choice([[], [(b"x-same", b"value")], [(b"Bad", b"x")],
+                              [(b"content-length", b"3")], [(b"content-length", b"5")]])
+        if rng.random() < 0.1:
+            fields = fields[1:]  # no :method
+        body = rng.random() < 0.4
+        client.send_headers(stream_id, fields, end_stream=not body)
+        if body:
+            client.send_data(stream_id, b"abc", end_stream=True)
+    events = quic.take()
+    return _mangle(rng, events)
+
+
+def _mangle(rng: Any, events: list[QuicEvent]) -> list[QuicEvent]:
+    """Merge a stream's writes, split them anywhere, and let request streams
+    overtake the QPACK encoder stream (so a head may arrive blocked)."""
+    by_stream: dict[int, tuple[bytes, bool]] = {}
+    order: list[int] = []
+    for event in events:
+        assert isinstance(event, StreamDataReceived)
+        data, end = by_stream.get(event.stream_id, (b"", False))
+        if event.stream_id not in by_stream:
+            order.append(event.stream_id)
+        by_stream[event.stream_id] = (data + event.data, end or event.end_stream)
+    if rng.random() < 0.5:
+        order.sort(key=lambda sid: (sid % 4 != 0, sid))  # requests before uni streams
+    out: list[QuicEvent] = []
+    for stream_id in order:
+        data, end = by_stream[stream_id]
+        cuts = sorted(rng.sample(range(1, len(data)), min(rng.randrange(3), len(data) - 1)))
+        pieces = [data[a:b] for a, b in zip([0, *cuts], [*cuts, len(data)])]
+        if rng.random() < 0.1:
+            pieces[-1] += b"\x01"  # a truncated frame
+        for i, piece in enumerate(pieces):
+            out.append(StreamDataReceived(data=piece, end_stream=end and i == len(pieces) - 1,
+                                          stream_id=stream_id))
+    return out
+
+
+def _h3_state(h3: h3_wire.ServerH3Connection) -> dict[str, Any]:
+    quic: FakeQuic = h3._quic  # type: ignore[assignment]
+    return {
+        "streams": {sid: dict(vars(s)) for sid, s in h3._stream.items()},
+        "done": h3._is_done, "closed": quic.closed, "resets": dict(quic.resets),
+        "stops": dict(quic.stops), "discarded": set(h3._discarded),
+        "decoder_pending": list(h3._decoder_pending),
+        "writes": [(e.stream_id, e.data, getattr(e, "end_stream", None)) for e in quic.log],
+    }
+
+
+def test_whole_request_head_shortcut_matches_aioquics_reassembly() -> None:
+    """Differential: 400 seeded client byte streams (split, merged, reordered,
+    malformed, QPACK-blocked) give the same events and the same connection
+    state with the shortcut as through aioquic's general path."""
+    import random
+
+    rng = random.Random(4114)
+    took_shortcut = 0
+    for _ in range(400):
+        events = _client_events(rng)
+        fast = h3_wire.ServerH3Connection(FakeQuic(is_client=False))
+        slow = ReassemblingH3(FakeQuic(is_client=False))
+        for event in events:
+            got, want = fast.handle_event(event), slow.handle_event(event)
+            assert repr(got) == repr(want), event
+            fast.flush_decoder()
+            slow.flush_decoder()
+        assert _h3_state(fast) == _h3_state(slow)
+        took_shortcut += sum(1 for e in events if isinstance(e, StreamDataReceived)
+                             and e.stream_id % 4 == 0 and e.data[:1] == b"\x01")
+    assert took_shortcut > 200, "the generator must exercise the shortcut"
