@@ -67,6 +67,28 @@ class ResetReason(enum.Enum):
     REFUSED = "refused"
 
 
+@dataclass(frozen=True, slots=True, kw_only=True)
+class TlsInfo:
+    """A connection's TLS session, as the ASGI "tls" extension reports it.
+
+    Computed once per connection by the transport (``transport/tlsinfo.py``
+    for TCP, ``quic/tlsinfo.py`` for QUIC) and shared by its requests.
+    """
+
+    #: The IANA version number (0x0303 TLS 1.2, 0x0304 TLS 1.3), None if unknown.
+    tls_version: int | None
+    #: The IANA cipher suite number (0x1301 TLS_AES_128_GCM_SHA256), None if unknown.
+    cipher_suite: int | None
+    #: The server's own certificate in PEM, None when the transport cannot tell.
+    server_cert: str | None = None
+    #: The verified client certificate chain in PEM, leaf first; empty without one.
+    client_cert_chain: tuple[str, ...] = ()
+    #: The client certificate's subject as an RFC 4514 string.
+    client_cert_name: str | None = None
+    #: Why the client certificate did not verify (None: verified, or none sent).
+    client_cert_error: str | None = None
+
+
 @dataclass(frozen=True, slots=True)
 class ConnectionInfo:
     """What a stream knows about the connection that carries it.
@@ -91,6 +113,9 @@ class ConnectionInfo:
     client_cert: tuple[tuple[tuple[str, str], ...], ...] | None = None
     #: Extra ASGI extensions the protocol offers (e.g. "http.response.trailers").
     extensions: tuple[str, ...] = ()
+    #: The TLS session (ASGI "tls" extension), computed once per connection;
+    #: None on cleartext connections.
+    tls: TlsInfo | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -51,6 +51,7 @@ from .. import log
 from ..errors import StreamClosed
 from ..interfaces import ConnectionContext, ConnectionInfo
 from ..protocols.base import AdapterFactories, ByteProtocol, SwitchTo
+from .tlsinfo import ssl_tls_info
 
 #: ConnectionInfo (http_version, protocol label) by adapter key.
 _VERSIONS = {"h2": ("2", "HTTP/2"), "http/1.1": ("1.1", "HTTP/1.1")}
@@ -434,7 +435,7 @@ def _with_version(info: ConnectionInfo, version: str, label: str) -> ConnectionI
     return ConnectionInfo(
         http_version=version, protocol=label, scheme=info.scheme, client=info.client,
         server=info.server, secure=info.secure, connection_id=info.connection_id,
-        client_cert=info.client_cert, extensions=info.extensions,
+        client_cert=info.client_cert, extensions=info.extensions, tls=info.tls,
     )
 
 
@@ -462,6 +463,7 @@ def _connection_info(transport: asyncio.Transport, ssl_object: Any) -> Connectio
         connection_id=f"tcp-{next(_ids)}",
         client_cert=_client_cert(ssl_object),
         extensions=("http.response.trailers",),
+        tls=ssl_tls_info(ssl_object) if ssl_object is not None else None,
     )
 
 
