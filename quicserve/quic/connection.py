@@ -66,6 +66,7 @@ from .client_auth import ClientAuth, ClientAuthQuicConnection, Subject, peer_sub
 from .internals import ManagedQuicConnection
 from .router import Create
 from .settings import QuicSettings
+from .tlsinfo import quic_tls_info
 
 if TYPE_CHECKING:
     from ..protocols.base import QuicAdapter
@@ -257,6 +258,11 @@ class QuicSession:
         if info is not None and info.client == client and info.client_cert is self._client_cert:
             return info
         http_version, label, extensions = _H3_INFO
+        # The TLS facts are computed once; only a newly verified client
+        # certificate (right after the handshake) asks for them again.
+        tls = info.tls if info is not None and info.client_cert is self._client_cert else None
+        if tls is None:
+            tls = quic_tls_info(self._quic, verified=self._client_cert is not None)
         info = self._info = ConnectionInfo(
             http_version=http_version,
             protocol=label,
@@ -267,6 +273,7 @@ class QuicSession:
             connection_id=self.cid_hex,
             client_cert=self._client_cert,
             extensions=extensions,
+            tls=tls,
         )
         return info
 
