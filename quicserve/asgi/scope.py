@@ -30,7 +30,12 @@ The fields, and where each comes from:
 * ``extensions`` — the ones the protocol says it supports
   (``ConnectionInfo.extensions``, e.g. ``http.response.trailers``), plus
   ``websocket.http.response`` for WebSocket scopes (the denial response is
-  implemented by ``asgi/websocket.py`` on every protocol).
+  implemented by ``asgi/websocket.py`` on every protocol), plus ``tls``
+  (asgiref's "TLS" extension) whenever the connection itself is TLS or QUIC
+  (``ConnectionInfo.tls``, computed once per connection by the transport).
+  It describes the hop that reached quicserve, so a cleartext connection
+  whose proxy headers say ``https`` gets none.  ``client_cert_chain`` is a
+  fresh list per scope; the strings are shared.
 
 Proxy headers: with ``--proxy-headers``, and only when the direct peer is in
 ``--forwarded-allow-ips`` (``*`` trusts everyone, networks allowed, ``unix``
@@ -127,7 +132,7 @@ class ScopeBuilder:
             "client": client,
             "server": conn.server,
             "state": dict(state),
-            "extensions": {name: {} for name in conn.extensions},
+            "extensions": _extensions(conn),
         }
 
     def websocket(self, head: RequestHead, conn: ConnectionInfo, state: dict[str, Any]) -> Scope:
@@ -148,6 +153,22 @@ class ScopeBuilder:
         if path == root or path.startswith(root + "/"):
             return path, raw_path
         return root + path, self._root_raw + raw_path
+
+
+def _extensions(conn: ConnectionInfo) -> dict[str, Any]:
+    """The scope's extensions: the protocol's, plus "tls" on TLS connections."""
+    extensions: dict[str, Any] = {name: {} for name in conn.extensions}
+    tls = conn.tls
+    if tls is not None:
+        extensions["tls"] = {
+            "server_cert": tls.server_cert,
+            "client_cert_chain": list(tls.client_cert_chain),
+            "client_cert_name": tls.client_cert_name,
+            "client_cert_error": tls.client_cert_error,
+            "tls_version": tls.tls_version,
+            "cipher_suite": tls.cipher_suite,
+        }
+    return extensions
 
 
 def subprotocols(headers: Iterable[tuple[bytes, bytes]]) -> list[str]:

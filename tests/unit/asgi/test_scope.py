@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import pytest
 
 from quicserve.asgi.scope import ProxyPolicy, ScopeBuilder, decode_path, split_target
-from quicserve.interfaces import ConnectionInfo, RequestHead
+from quicserve.interfaces import ConnectionInfo, RequestHead, TlsInfo
 from tests.unit.asgi.helpers import CONN, CONN_H3, head
 
 
@@ -172,3 +173,64 @@ def test_forwarded_proto_maps_to_ws_schemes() -> None:
     request = head(headers=XFF, protocol="websocket")
     scope = ScopeBuilder(proxy=ProxyPolicy(["127.0.0.1"])).websocket(request, CONN, {})
     assert scope["scheme"] == "wss"
+
+
+# --------------------------------------------------------------------------
+# The "tls" extension (asgiref TLS extension).
+
+_TLS = TlsInfo(
+    tls_version=0x0304, cipher_suite=0x1301, server_cert="-----BEGIN CERTIFICATE-----\nS\n",
+    client_cert_chain=("-----BEGIN CERTIFICATE-----\nC\n", "-----BEGIN CERTIFICATE-----\nI\n"),
+    client_cert_name="CN=client,O=Test",
+)
+
+
+def test_tls_extension_on_a_tls_connection() -> None:
+    conn = dataclasses.replace(CONN_H3, tls=_TLS)
+    tls = build(head(), conn)["extensions"]["tls"]
+    assert tls == {
+        "server_cert": "-----BEGIN CERTIFICATE-----\nS\n",
+        "client_cert_chain": ["-----BEGIN CERTIFICATE-----\nC\n",
+                              "-----BEGIN CERTIFICATE-----\nI\n"],
+        "client_cert_name": "CN=client,O=Test",
+        "client_cert_error": None,
+        "tls_version": 0x0304,
+        "cipher_suite": 0x1301,
+    }
+    # The protocol's own extensions are still there.
+    assert "http.response.trailers" in build(head(), conn)["extensions"]
+
+
+def test_tls_extension_without_client_certificate() -> None:
+    conn = dataclasses.replace(CONN_H3, tls=TlsInfo(tls_version=0x0303, cipher_suite=0xC02F))
+    tls = build(head(), conn)["extensions"]["tls"]
+    assert tls["client_cert_chain"] == [] and tls["client_cert_name"] is None
+    assert tls["server_cert"] is None and tls["client_cert_error"] is None
+    assert (tls["tls_version"], tls["cipher_suite"]) == (0x0303, 0xC02F)
+
+
+def test_no_tls_extension_on_cleartext_even_behind_an_https_proxy() -> None:
+    """The extension describes the hop that reached quicserve: a proxy's
+    ``X-Forwarded-Proto: https`` makes the scheme https, not the connection TLS."""
+    request = head(headers=[(b"x-forwarded-proto", b"https")])
+    scope = build(request, proxy=ProxyPolicy(["127.0.0.1"]))
+    assert scope["scheme"] == "https"
+    assert "tls" not in scope["extensions"]
+
+
+def test_tls_extension_is_per_scope() -> None:
+    """An app mutating its scope's extension does not reach the next request."""
+    conn = dataclasses.replace(CONN_H3, tls=_TLS)
+    builder = ScopeBuilder()
+    first = builder.http(head(), conn, {})
+    first["extensions"]["tls"]["client_cert_chain"].clear()
+    second = builder.http(head(), conn, {})
+    assert len(second["extensions"]["tls"]["client_cert_chain"]) == 2
+
+
+def test_tls_extension_in_wss_scope() -> None:
+    conn = dataclasses.replace(CONN_H3, tls=_TLS)
+    scope = ScopeBuilder().websocket(head(protocol="websocket"), conn, {})
+    assert scope["scheme"] == "wss"
+    assert scope["extensions"]["tls"]["client_cert_name"] == "CN=client,O=Test"
+    assert "websocket.http.response" in scope["extensions"]
