@@ -148,7 +148,8 @@ class RequestStream:
     can no longer be delivered and ``send_body`` raises ``StreamClosed``.
     """
 
-    __slots__ = ("stream_id", "handler", "state", "framing_held", "_adapter", "_writable")
+    __slots__ = ("stream_id", "handler", "state", "framing_held", "held_head", "_adapter",
+                 "_writable")
 
     def __init__(self, adapter: H3Adapter, stream_id: int) -> None:
         self._adapter = adapter
@@ -158,6 +159,8 @@ class RequestStream:
         #: Bytes aioquic's H3 layer buffers for this stream (a partial HEADERS
         #: frame), charged against the stream's receive window.
         self.framing_held = 0
+        #: The response's HEADERS frame, held to go out with the first DATA frame.
+        self.held_head: bytes | None = None
         self._writable: asyncio.Event | None = None
 
     @property
@@ -237,6 +240,8 @@ class H3Adapter:
         self._streams: dict[int, RequestStream] = {}
         #: Streams waiting in ``send_body`` for the buffer to drain.
         self.blocked: set[RequestStream] = set()
+        #: Streams whose response head is held (``RequestStream.held_head``).
+        self._held_heads: list[RequestStream] = []
         self.high_water = ctx.options.stream_high_water
         #: The lowest request stream ID not seen yet (what GOAWAY names).
         self._next_stream_id = 0
@@ -288,6 +293,7 @@ class H3Adapter:
     def connection_lost(self) -> None:
         self._closed = True
         self._flushing.clear()
+        self._held_heads.clear()
         streams, self._streams = list(self._streams.values()), {}
         for stream in streams:
             if not stream.finished:
@@ -410,22 +416,51 @@ class H3Adapter:
     # -- send path (called by RequestStream) --------------------------------------
 
     def write_head(self, stream: RequestStream, status: int, headers: Headers) -> None:
+        """A final head is held until the first body write (or this loop
+        turn's flush, :meth:`flush_held`), so a small response leaves in one
+        QUIC stream write; an interim (1xx) head goes out at once."""
         fields = heads.response_headers(status, headers, self._ctx.response_defaults,
                                         now=self._ctx.clock(), alt_svc=False)
         code = _STATUS.get(status) or str(status).encode()
-        self._h3.send_headers(stream.stream_id, [(b":status", code), *fields])
+        fields = [(b":status", code), *fields]
+        frame = self._h3.final_head_frame(stream.stream_id, fields)
+        if frame is None:
+            self._h3.send_headers(stream.stream_id, fields)
+        else:
+            stream.held_head = frame
+            self._held_heads.append(stream)
         self._session.mark_dirty()
 
     def write_body(self, stream: RequestStream, data: bytes, end: bool) -> None:
         if not stream.sending:
             raise StreamClosed(f"HTTP/3 stream {stream.stream_id} was closed")
-        self._h3.send_data(stream.stream_id, data, end)
+        head = stream.held_head
+        if head is None:
+            self._h3.send_data(stream.stream_id, data, end)
+        else:
+            stream.held_head = None
+            self._h3.send_data_after(stream.stream_id, head, data, end)
         self._session.mark_dirty()
         if end:
             stream.transition(StreamEvent.RESPONSE_END)
             self._maybe_done(stream)
 
+    def flush_held(self) -> None:
+        """Write every response head still held: called by the session right
+        before the flush, so no head waits longer than its loop turn."""
+        held, self._held_heads = self._held_heads, []
+        for stream in held:
+            self._write_held(stream)
+
+    def _write_held(self, stream: RequestStream) -> None:
+        head = stream.held_head
+        if head is not None:
+            stream.held_head = None
+            if stream.sending:
+                self._quic.send_stream_data(stream.stream_id, head)
+
     def write_trailers(self, stream: RequestStream, headers: Headers) -> None:
+        self._write_held(stream)
         self._h3.send_headers(stream.stream_id, list(headers), end_stream=True)
         stream.transition(StreamEvent.RESPONSE_END)
         self._session.mark_dirty()
@@ -441,6 +476,7 @@ class H3Adapter:
         A no-op for a stream that is already closed or reset."""
         if stream.finished:
             return
+        stream.held_head = None
         if stream.sending:
             self._quic.reset_stream(stream.stream_id, code)
         if stream.receiving:

@@ -40,6 +40,9 @@ measured with ``bench/h3.py``; the differential test in
   ``validate_request_headers`` raises (the same ``MessageError``, from
   aioquic's own per-field checks) but screens each field with one regular
   expression instead of a Python loop over its bytes;
+* a final response head can be held and written in one stream write with
+  the first DATA frame (:meth:`final_head_frame`, :meth:`send_data_after`):
+  one QUIC write per small response instead of two;
 * ``_decode_headers``/``_encode_headers`` skip handing an empty QPACK
   instruction block to the decoder/encoder stream, and decoder instructions
   (a Section Acknowledgment for nearly every request) are collected and
@@ -60,6 +63,7 @@ from aioquic.h3.connection import (
     CONNECTION_SPECIFIC_HEADERS,
     WHITESPACE,
     FrameType,
+    FrameUnexpected,
     H3Connection,
     H3Stream,
     HeadersState,
@@ -67,6 +71,7 @@ from aioquic.h3.connection import (
     ProtocolError,
     QpackDecompressionFailed,
     encode_frame,
+    is_interim_response,
     stream_is_request_response,
     validate_header_name,
     validate_header_value,
@@ -223,6 +228,40 @@ class ServerH3Connection(H3Connection):
         frame = encode_frame(FrameType.GOAWAY, encode_uint_var(stream_id))
         self._quic.send_stream_data(control, frame)
         return control
+
+    def final_head_frame(self, stream_id: int, headers: list[tuple[bytes, bytes]]) -> bytes | None:
+        """The HEADERS frame ``send_headers`` would write for a final response
+        head on ``stream_id``, returned instead of written, with the stream's
+        send state moved on exactly as ``send_headers`` moves it; the caller
+        writes it (usually together with the first DATA frame, see
+        :meth:`send_data_after`).  None -- and nothing done -- unless this is a
+        final head in the stream's initial state and qlog is off: then the
+        caller uses ``send_headers``."""
+        stream = self._stream.get(stream_id)
+        if (self._quic_logger is not None or self._is_client
+                or (stream is not None and stream.headers_send_state is not HeadersState.INITIAL)
+                or is_interim_response(headers)):
+            return None
+        with self._get_or_create_stream(stream_id) as stream:
+            frame = encode_frame(FrameType.HEADERS, self._encode_headers(stream_id, headers))
+            stream.headers_send_state = HeadersState.AFTER_HEADERS
+        return frame
+
+    def send_data_after(self, stream_id: int, prefix: bytes, data: bytes, end_stream: bool) -> None:
+        """``send_data``, with ``prefix`` (a held HEADERS frame) written in
+        the same stream write, ahead of the DATA frame."""
+        if self._quic_logger is not None or not prefix:
+            if prefix:
+                self._quic.send_stream_data(stream_id, prefix)
+            self.send_data(stream_id, data, end_stream)
+            return
+        with self._get_or_create_stream(stream_id) as stream:
+            if stream.headers_send_state != HeadersState.AFTER_HEADERS:
+                raise FrameUnexpected("DATA frame is not allowed in this state")
+            if end_stream:
+                stream.finish_sending()
+        self._quic.send_stream_data(stream_id, prefix + encode_frame(FrameType.DATA, data),
+                                    end_stream)
 
     def flush_decoder(self) -> None:
         """Write the QPACK decoder instructions collected since the last call."""

@@ -135,7 +135,7 @@ class QuicSession:
     __slots__ = (
         "_ctx", "_quic", "_owner", "_server", "_adapter", "_handshake_done",
         "_close_on_first_receive", "_client_dcid", "_client_auth", "_client_cert", "_refused",
-        "host_cid", "cid_hex", "_log", "_info",
+        "host_cid", "cid_hex", "_log", "_info", "_flush_held",
     )
 
     def __init__(
@@ -169,6 +169,9 @@ class QuicSession:
         self._log = error_logger
         #: The last ConnectionInfo built; reused while the client path is the same.
         self._info: ConnectionInfo | None = None
+        #: The adapter's hook for what it holds back until the flush (H3's
+        #: response heads, see H3Adapter.flush_held); None for other adapters.
+        self._flush_held: Callable[[], None] | None = None
 
     # -- driven by the endpoint ---------------------------------------------------
 
@@ -190,6 +193,8 @@ class QuicSession:
         self._owner.session_dirty(self)
 
     def datagrams_to_send(self, now: float) -> list[tuple[bytes, NetworkAddress]]:
+        if self._flush_held is not None:
+            self._flush_held()
         datagrams = self._quic.datagrams_to_send(now)
         # Connection IDs are issued while packets are written: drain those events.
         self._process_events()
@@ -313,6 +318,7 @@ class QuicSession:
             self._transport_close(QuicErrorCode.INTERNAL_ERROR, "no adapter for ALPN")
             return
         self._adapter = factory(ctx=self._ctx, quic=self._quic, session=self)
+        self._flush_held = getattr(self._adapter, "flush_held", None)
         self._log.debug("[%s] ALPN %s", self.cid_hex, alpn)
 
     def _on_handshake(self, event: HandshakeCompleted) -> None:

@@ -168,6 +168,7 @@ class Pair:
         return pieces
 
     def to_client(self) -> bool:
+        self.adapter.flush_held()  # what QuicSession does before each flush
         events = self.server_quic.take()
         for event in events:
             if isinstance(event, StreamReset) and event.stream_id % 4 == 0:
@@ -275,6 +276,38 @@ def test_qpack_acknowledgements_of_one_batch_leave_in_one_write() -> None:
             await pair.pump(pair.done(stream_id))
         assert h3._decoder_bytes_sent > 0
         assert pair.client._decoder_bytes_received == h3._decoder_bytes_sent
+    run(main())
+
+
+def test_small_response_leaves_in_one_stream_write() -> None:
+    """The response head is held until the body: HEADERS, DATA and FIN go
+    to QUIC in one write (one stream frame on the wire, not two)."""
+    async def main() -> None:
+        pair = Pair(apps.hello)
+        stream_id = pair.request("GET", "/")
+        await pair.pump(pair.done(stream_id))
+        writes = [e for e in pair.server_quic.log
+                  if isinstance(e, StreamDataReceived) and e.stream_id == stream_id]
+        assert len(writes) == 1 and writes[0].end_stream, writes
+        assert writes[0].data[:1] == bytes([FrameType.HEADERS])
+        assert status(pair.responses[stream_id]) == 200
+        assert bytes(pair.responses[stream_id].body) == b"hello"
+    run(main())
+
+
+def test_held_head_goes_out_with_the_flush_when_no_body_follows() -> None:
+    """A head whose body is not written in the same turn (a WebSocket accept,
+    here a raw sink call) is written by the flush that follows."""
+    async def main() -> None:
+        pair = Pair(apps.hello)
+        pair.to_server()
+        stream = RequestStream(pair.adapter, 0)
+        pair.adapter.write_head(stream, 200, [])
+        assert pair.server_quic.written.get(0, 0) == 0, "held until the flush"
+        pair.adapter.flush_held()
+        (write,) = [e for e in pair.server_quic.log
+                    if isinstance(e, StreamDataReceived) and e.stream_id == 0]
+        assert write.data[:1] == bytes([FrameType.HEADERS]) and not write.end_stream
     run(main())
 
 
