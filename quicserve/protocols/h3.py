@@ -37,6 +37,13 @@ buffered whole: at most the high-water mark waits to be sent, plus what is in
 flight, which congestion and flow control bound.  (Counting in-flight bytes
 too would cap them at the high-water mark and throughput at high_water/RTT.)
 
+Response heads.  A final head is encoded at once (QPACK state moves in
+order) but its HEADERS frame is held on the stream and written together with
+the first DATA frame, so a small response costs one QUIC stream write; the
+session calls :meth:`H3Adapter.flush_held` before every flush, so a head
+with no body behind it yet (a WebSocket accept, a slow first chunk) still
+leaves in the loop turn it was written in.
+
 Graceful shutdown: :meth:`H3Adapter.shutdown` sends GOAWAY naming the first
 stream not yet seen; later streams are refused (H3_REQUEST_REJECTED); once
 the last stream ends the connection is closed with H3_NO_ERROR.
