@@ -35,8 +35,8 @@ Theory of operation
                  worker that dies *before it ever became ready* with a
                  non-zero status is a boot failure (bad app, lifespan
                  startup failed): everything stops with that status.
-   worker done   exit status 0 while serving: ``--max-requests`` recycling;
-                 replaced at once.
+   recycle       a worker reports it reached ``--max-requests``: it is sent
+                 SIGTERM (graceful) and replaced once it has exited.
    SIGTERM/INT   graceful stop: SIGTERM to every worker (each sends GOAWAY /
                  CONNECTION_CLOSE and drains), SIGKILL for what is left after
                  ``--graceful-timeout`` plus a margin.
@@ -110,7 +110,10 @@ STABLE_AFTER = 10.0
 #: How often a worker compares its request count with ``--max-requests``.
 RECYCLE_CHECK_INTERVAL = 0.5
 
-_READY = struct.Struct("!HI")  # worker_id, pid
+#: Worker -> supervisor messages on one pipe: kind, worker_id, pid.
+_MESSAGE = struct.Struct("!BHI")
+_READY = 1
+_RECYCLE = 2
 _PR_SET_PDEATHSIG = 1
 _HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1)
 
@@ -155,6 +158,7 @@ class _Worker:
     started_at: float
     ready: bool = False
     stop_requested: bool = False
+    recycling: bool = False
 
 
 @dataclass(slots=True)
@@ -400,17 +404,20 @@ class Supervisor:
     # -- commands ------------------------------------------------------------
 
     def stop(self) -> None:
-        """Graceful stop of every worker (idempotent; a second call forwards
-        the signal again, which workers may treat as "hurry")."""
+        """Graceful stop of every worker.  A worker already stopping (being
+        recycled or reloaded) is not signalled again -- a second SIGTERM tells
+        the server to hurry -- unless this is the second stop request."""
+        again = self._state is State.STOPPING
         self._state = State.STOPPING
         self._reload_queue.clear()
         if self._stop_deadline is None:
             self._stop_deadline = time.monotonic() + self._config.graceful_timeout + KILL_MARGIN
         for slot in self._slots:
             slot.restart_at = None
-            if slot.worker is not None:
-                slot.worker.stop_requested = True
-                _signal(slot.worker.pid, signal.SIGTERM)
+            worker = slot.worker
+            if worker is not None and (again or not worker.stop_requested):
+                worker.stop_requested = True
+                _signal(worker.pid, signal.SIGTERM)
 
     def reload(self) -> None:
         """Rolling restart: one worker at a time is replaced."""
@@ -430,7 +437,7 @@ class Supervisor:
         slot = self._slots[self._reload_queue[0]]
         if slot.worker is None:
             self._spawn(slot)  # died meanwhile: replace it straight away
-        else:
+        elif not slot.worker.stop_requested:  # else it is already on its way out
             slot.worker.stop_requested = True
             _signal(slot.worker.pid, signal.SIGTERM)
 
@@ -487,24 +494,39 @@ class Supervisor:
 
     def _on_ready_pipe(self) -> None:
         try:
-            data = os.read(self._ready_r, _READY.size * 64)
+            data = os.read(self._ready_r, _MESSAGE.size * 64)
         except BlockingIOError:
             return
-        for offset in range(0, len(data) - _READY.size + 1, _READY.size):
-            worker_id, pid = _READY.unpack_from(data, offset)
-            self._on_ready(worker_id, pid)
+        for offset in range(0, len(data) - _MESSAGE.size + 1, _MESSAGE.size):
+            kind, worker_id, pid = _MESSAGE.unpack_from(data, offset)
+            worker = self._current(worker_id, pid)
+            if worker is None:
+                continue  # a message from a process that is gone
+            if kind == _READY:
+                self._on_ready(worker)
+            elif kind == _RECYCLE:
+                self._on_recycle(worker)
 
-    def _on_ready(self, worker_id: int, pid: int) -> None:
+    def _current(self, worker_id: int, pid: int) -> _Worker | None:
         if not 0 <= worker_id < self._count:
-            return
-        slot = self._slots[worker_id]
-        if slot.worker is None or slot.worker.pid != pid:
-            return
-        slot.worker.ready = True
-        error_logger.info("worker %d (pid %d) is serving", worker_id, pid)
-        if self._state is State.RELOADING and self._reload_queue[:1] == [worker_id]:
+            return None
+        worker = self._slots[worker_id].worker
+        return worker if worker is not None and worker.pid == pid else None
+
+    def _on_ready(self, worker: _Worker) -> None:
+        worker.ready = True
+        error_logger.info("worker %d (pid %d) is serving", worker.worker_id, worker.pid)
+        if self._state is State.RELOADING and self._reload_queue[:1] == [worker.worker_id]:
             self._reload_queue.pop(0)
             self._reload_next()
+
+    def _on_recycle(self, worker: _Worker) -> None:
+        """The worker reached --max-requests: stop it gracefully (once); it is
+        replaced when it exits, on the same sockets."""
+        if worker.stop_requested:
+            return
+        worker.stop_requested = worker.recycling = True
+        _signal(worker.pid, signal.SIGTERM)
 
     def _reap(self) -> None:
         for slot in self._slots:
@@ -532,22 +554,21 @@ class Supervisor:
             self.stop()
             return
         if worker.stop_requested:
+            reason = "recycled after --max-requests" if worker.recycling else how
             error_logger.info("worker %d (pid %d) %s; replacing it", worker.worker_id,
-                              worker.pid, how)
+                              worker.pid, reason)
+            slot.crashes = 0
             self._spawn(slot)
             return
         self._schedule_restart(slot, worker, code, how)
 
     def _schedule_restart(self, slot: _Slot, worker: _Worker, code: int, how: str) -> None:
+        """A worker exited on its own: restart it, backing off if it keeps
+        dying young."""
         lived = time.monotonic() - worker.started_at
-        if code == 0:
-            error_logger.info("worker %d (pid %d) recycled after --max-requests; replacing it",
-                              worker.worker_id, worker.pid)
-            slot.crashes = 0
-        else:
-            slot.crashes = 0 if lived >= STABLE_AFTER else slot.crashes + 1
-            error_logger.warning("worker %d (pid %d) %s; restarting it", worker.worker_id,
-                                 worker.pid, how)
+        slot.crashes = 0 if lived >= STABLE_AFTER else slot.crashes + 1
+        log = error_logger.warning if code else error_logger.info
+        log("worker %d (pid %d) %s; restarting it", worker.worker_id, worker.pid, how)
         delay = RESTART_BACKOFF[min(slot.crashes, len(RESTART_BACKOFF) - 1)]
         if delay:
             slot.restart_at = time.monotonic() + delay
@@ -588,7 +609,7 @@ class _WorkerHooks:
             loop.add_signal_handler(signal.SIGUSR1, self.write_statistics)
         if self._max_requests is not None:
             loop.call_later(RECYCLE_CHECK_INTERVAL, self._check_recycle, loop)
-        os.write(self._ready_fd, _READY.pack(self._worker_id, os.getpid()))
+        self._tell(_READY)
 
     def _check_recycle(self, loop: asyncio.AbstractEventLoop) -> None:
         stats, limit = self._stats, self._max_requests
@@ -598,9 +619,14 @@ class _WorkerHooks:
             self._recycling = True
             error_logger.info("worker %d served %d requests (--max-requests %d); recycling",
                               self._worker_id, stats.requests, limit)
-            os.kill(os.getpid(), signal.SIGTERM)  # the server's own graceful shutdown
+            # The supervisor sends the SIGTERM (the server's graceful shutdown),
+            # so it knows this worker is on its way out and never signals it twice.
+            self._tell(_RECYCLE)
             return
         loop.call_later(RECYCLE_CHECK_INTERVAL, self._check_recycle, loop)
+
+    def _tell(self, kind: int) -> None:
+        os.write(self._ready_fd, _MESSAGE.pack(kind, self._worker_id, os.getpid()))
 
     def write_statistics(self) -> None:
         if self._stats_dir is None or self._stats is None:
