@@ -13,7 +13,8 @@ Parsing: each request cycle starts on the fast path,
 well-formed head with at most a Content-Length body (nearly every request)
 and yields what h11 would.  Anything else it declines before yielding an
 event, and the cycle falls back to one ``h11.Connection(SERVER)`` fed every
-byte from the start, which parses the head and body (chunked or
+byte from the start (through ``h1parse.ScreenedH11``, which keeps the lines
+that would make h11's regexes backtrack quadratically away from h11), which parses the head and body (chunked or
 Content-Length), bounds the head size and decides every 400/431/501, as
 before.  Both yield the same sequence (head, body chunks, end), which
 :meth:`H11Adapter._process` handles alike.
@@ -90,7 +91,7 @@ from ..interfaces import (
     StreamHandler,
 )
 from .base import ByteTransport, SwitchTo
-from .h1parse import END, FALLBACK, SimpleParser, SimpleRequest
+from .h1parse import END, FALLBACK, ScreenedH11, SimpleParser, SimpleRequest
 from .head import H1Request, h1_request, reason_phrase, response_headers, trailer_fields
 
 _PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -468,7 +469,7 @@ class H11Adapter:
         options = ctx.options
         self._max_head = options.h11_max_incomplete_size
         self._high_water = options.stream_high_water
-        self._parser: h11.Connection | SimpleParser = self._new_parser()
+        self._parser: ScreenedH11 | SimpleParser = self._new_parser()
         #: Bytes fed to the current parser (bounds the head size, see _on_request).
         self._fed = 0
         self._held: bytes | None = None
@@ -623,7 +624,7 @@ class H11Adapter:
 
     def _fall_back(self, fast: SimpleParser) -> None:
         """The request is not simple: h11 parses it from the first byte."""
-        parser = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_head)
+        parser = ScreenedH11(self._max_head)  # (h11 with its quadratic regexes screened)
         data = fast.buffered
         if data:  # (h11 reads b"" as EOF)
             parser.receive_data(data)

@@ -46,6 +46,24 @@ parsed yet (pipelined requests).
 
 Never: raise, keep more than the bytes it was given, or look past the end of
 the current request.
+
+The h11 path: :class:`ScreenedH11`
+----------------------------------
+h11's header-line regular expression backtracks quadratically on a field
+whose value is a long run of spaces or tabs followed by a character it
+refuses (``X:`` + 16,000 spaces + ``\x0b`` costs 1.5 s), and its chunk-size
+line pattern does the same on ``1;`` + spaces + a bare LF.  Header lines
+reach that regex in request heads and in chunked trailers.
+:class:`ScreenedH11` is the ``h11.Connection`` the adapter falls back to,
+with :class:`H11Screen` in front: the screen follows h11's framing of the
+bytes (head, then for a chunked body the size lines, data, CRLFs and the
+trailer), splits and unfolds each complete head or trailer exactly as h11
+does, and checks every header line and chunk-size line with a pattern of
+the same language that matches in linear time.  A line that fails never
+reaches h11: its bytes are held back, h11 emits every event before it, and
+where h11 would need those bytes ``next_event`` raises the 400 h11 would
+have raised.  Incomplete heads and trailers still go to h11 as they arrive
+(its early request-line check and its size limit apply as before).
 """
 
 from __future__ import annotations
@@ -67,6 +85,17 @@ _REQUEST_LINE_RE = re.compile(rb"(" + _TOKEN + rb") ([\x21-\x7e]+) HTTP/1\.([01]
 #: Groups: name, value (None when empty).
 _FIELD_RE = re.compile(
     rb"(" + _TOKEN + rb"):[ \t]*(?:([^\x00\s]+(?:[ \t]+[^\x00\s]+)*)[ \t]*)?\r\n")
+#: The same header line without its line ending, for ``fullmatch`` (h11 strips
+#: the CR and unfolds obs-fold before it matches).
+_LINE_RE = re.compile(
+    rb"(" + _TOKEN + rb"):[ \t]*(?:[^\x00\s]+(?:[ \t]+[^\x00\s]+)*[ \t]*)?")
+#: h11's chunk-size line (``chunk_header``) with its CRLF, in one parse: its
+#: ``(;.*)?[ \t]*`` is ``;[^\n]*`` or ``[ \t]*`` (``.`` is any byte but LF).
+_CHUNK_LINE_RE = re.compile(rb"[0-9A-Fa-f]{1,20}(?:;[^\n]*|[ \t]*)\r\n")
+#: h11's end of a head or trailer (``_receivebuffer.blank_line_regex``).
+_BLANK_LINE_RE = re.compile(rb"\n\r?\n")
+#: h11's obs-fold continuation-line test.
+_FOLD_RE = re.compile(rb"[ \t]+")
 #: Header fields that decide whether the request is simple.
 _WATCHED = frozenset({b"host", b"content-length", b"transfer-encoding", b"upgrade"})
 #: h11's CONTENT_LENGTH_MAX_DIGITS.
@@ -220,3 +249,178 @@ def _untrusted_head(data: bytes, stop: int) -> SimpleRequest | None:
         return None  # h11: "Found multiple Host" / "Missing mandatory Host"
     return SimpleRequest(method, target, headers, b"1.1" if minor == b"1" else b"1.0",
                          int(length) if length is not None else 0)
+
+
+# The screen's states: where h11 is in the request it reads.
+_S_HEAD, _S_SIZE, _S_DATA, _S_CRLF, _S_TRAILER, _S_DONE = range(6)
+
+
+class H11Screen:
+    """Follows the bytes given to h11 for one request and checks each complete
+    head, trailer and chunk-size line in linear time (see the module's
+    theory of operation).
+
+    Error handling: never raises; a line h11 would refuse sets :attr:`error`
+    and :meth:`feed` answers how many of its bytes precede that line.
+
+    Resource handling: holds at most the current incomplete head, trailer or
+    chunk-size line, which h11 buffers too and bounds by its size limit.
+    """
+
+    __slots__ = ("_state", "_buf", "_remaining", "error")
+
+    def __init__(self) -> None:
+        self._state = _S_HEAD
+        self._buf = bytearray()
+        self._remaining = 0
+        #: Why the held-back line is refused (h11's wording), or None.
+        self.error: str | None = None
+
+    def feed(self, data: bytes) -> int:
+        """Screen ``data``; return how many of its leading bytes h11 may have
+        (``len(data)`` unless a line fails)."""
+        pos = 0
+        end = len(data)
+        while pos < end and self.error is None:
+            state = self._state
+            if state == _S_DONE:
+                return end
+            if state == _S_DATA:
+                step = min(self._remaining, end - pos)
+                self._remaining -= step
+                if not self._remaining:
+                    self._state = _S_CRLF
+                    self._remaining = 2
+            elif state == _S_CRLF:
+                step = min(self._remaining, end - pos)
+                if data[pos:pos + step] != b"\r\n"[2 - self._remaining:][:step]:
+                    self._state = _S_DONE  # h11: "malformed chunk footer"
+                self._remaining -= step
+                if not self._remaining and self._state == _S_CRLF:
+                    self._state = _S_SIZE
+            else:
+                step = self._line(data, pos)
+                if step < 0:
+                    return pos
+            pos += step
+        return pos if self.error is not None else end
+
+    def _line(self, data: bytes, pos: int) -> int:
+        """Head, trailer or size line: bytes of ``data[pos:]`` it completes
+        (all of them while incomplete), or -1 when it fails the check."""
+        buf = self._buf
+        held = len(buf)
+        buf += data[pos:] if pos else data  # (a bytearray: dribbled bytes cost linear time)
+        state = self._state
+        if state == _S_SIZE:
+            stop = buf.find(b"\r\n", max(0, held - 1))
+            if stop < 0:
+                return len(data) - pos
+            stop += 2
+            ok = self._size_line(bytes(buf[:stop]))
+        else:
+            stop = self._block_end(buf, held)
+            if stop < 0:
+                return len(data) - pos
+            ok = self._block(bytes(buf[:stop]))
+        del buf[:]
+        return stop - held if ok else -1
+
+    def _block_end(self, buf: bytearray, held: int) -> int:
+        """End of the head or trailer in ``buf`` as h11 finds it, or -1."""
+        if buf[:1] == b"\n":
+            return 1
+        if buf[:2] == b"\r\n":
+            return 2
+        if buf == b"\r":
+            return -1
+        match = _BLANK_LINE_RE.search(buf, max(0, held - 2))
+        return -1 if match is None else match.end()
+
+    def _size_line(self, line: bytes) -> bool:
+        if _CHUNK_LINE_RE.fullmatch(line) is None:
+            self.error = f"illegal chunk header: {line[:40]!r}"
+            return False
+        size = int(line[:len(line) - len(line.lstrip(b"0123456789abcdefABCDEF"))], 16)
+        self._state = _S_DATA if size else _S_TRAILER
+        self._remaining = size
+        return True
+
+    def _block(self, block: bytes) -> bool:
+        """A complete head or trailer: check its header lines as h11 splits
+        and unfolds them, and pick what follows (a chunked body or nothing)."""
+        head = self._state == _S_HEAD
+        self._state = _S_DONE
+        if len(block) <= 2:
+            return True  # (h11: an empty trailer, or "no request line received")
+        lines = [line[:-1] if line[-1:] == b"\r" else line for line in block.split(b"\n")]
+        del lines[-2:]
+        chunked = False
+        for line in _unfold_untrusted(lines[1:] if head else lines):
+            match = _LINE_RE.fullmatch(line)
+            if match is None:
+                self.error = f"illegal header line: {bytes(line[:40])!r}"
+                return False
+            if head and match.group(1).lower() == b"transfer-encoding":
+                chunked = True  # (h11 accepts only "chunked"; it answers 501 otherwise)
+        if chunked:
+            self._state = _S_SIZE
+        return True
+
+
+def _unfold_untrusted(lines: list[bytes]) -> list[bytes | bytearray]:
+    """h11's obs-fold: a line starting with SP/HTAB continues the one before,
+    joined by one space.  A continuation first is returned as is (h11 refuses
+    it with a 400, and so does the line check)."""
+    out: list[bytes | bytearray] = []
+    for line in lines:
+        match = _FOLD_RE.match(line)
+        if match is None or not out:
+            out.append(line)
+            continue
+        last = out[-1]
+        if not isinstance(last, bytearray):
+            last = out[-1] = bytearray(last)
+        last += b" "
+        last += line[match.end():]
+    return out
+
+
+class ScreenedH11:
+    """``h11.Connection(SERVER)`` behind an :class:`H11Screen`: the adapter's
+    parser for requests the fast path declines (same calls, same events).
+
+    Error handling: ``next_event`` raises ``h11.RemoteProtocolError`` (status
+    hint 400) where h11 would reach a line the screen refused, and whatever
+    h11 raises otherwise.
+
+    Resource handling: bytes after a refused line are held, never parsed.
+    """
+
+    __slots__ = ("_conn", "_screen", "_held")
+
+    def __init__(self, max_head: int) -> None:
+        self._conn = h11.Connection(h11.SERVER, max_incomplete_event_size=max_head)
+        self._screen = H11Screen()
+        self._held = b""
+
+    def receive_data(self, data: bytes) -> None:
+        if self._held or self._screen.error is not None:
+            self._held += data
+            return
+        safe = self._screen.feed(data)
+        if safe:
+            self._conn.receive_data(data[:safe] if safe < len(data) else data)
+        if safe < len(data):
+            self._held = data[safe:]
+
+    def next_event(self) -> h11.Event | type[h11.NEED_DATA] | type[h11.PAUSED]:
+        event = self._conn.next_event()
+        if event is h11.NEED_DATA and self._screen.error is not None:
+            raise h11.RemoteProtocolError(self._screen.error, error_status_hint=400)
+        return event
+
+    @property
+    def trailing_data(self) -> tuple[bytes, bool]:
+        data, closed = self._conn.trailing_data
+        return (data + self._held if self._held else data), closed
