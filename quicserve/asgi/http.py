@@ -23,6 +23,20 @@ started arriving and no response has begun.  After ``abort`` (peer reset,
 connection lost) or once the response is complete, ``receive()`` returns
 ``http.disconnect``.
 
+Read timeout.  While the app waits in ``receive()`` for more of a body that
+has not ended, the client must send some within ``read_timeout`` seconds, or
+the stream gives up: ``sink.reset(CANCELLED)`` (H2 RST_STREAM CANCEL, H3
+H3_REQUEST_CANCELLED in both directions) and the app gets ``http.disconnect``.
+It is enforced here once for H2, H3 and hq; the HTTP/1.x adapter enforces
+``read_timeout`` itself (and answers 408 before the app saw the head), so
+streams of the protocols in ``_OWN_READ_TIMEOUT`` are left alone.  There is
+at most one TimerHandle per stream, armed when the app starts waiting and
+nothing earlier is pending, and never cancelled and re-armed per chunk: each
+wait only records when it began (``_waiting_since``), and a timer that fires
+early (the app woke and waited again since it was armed) re-arms for the
+rest, or lapses when the app is no longer waiting.  A request whose body is
+already complete when the app reads it never touches the timer.
+
 Response side (app -> protocol) is a state machine, :class:`ResponseState`,
 moved only by :meth:`HTTPStream._transition` with the table
 ``_TRANSITIONS``::
@@ -68,6 +82,11 @@ from .context import StreamContext
 from .types import Message, Scope
 
 _ERROR_BODY = b"Internal Server Error"
+#: ``ConnectionInfo.protocol`` labels whose adapter enforces ``read_timeout``
+#: on the request body itself (``protocols/h11.py``).
+_OWN_READ_TIMEOUT = frozenset({"HTTP/1.0", "HTTP/1.1"})
+#: A read timer that fires this close to its deadline counts as expired.
+_TIMER_SLACK = 0.001
 
 
 class ResponseState(enum.Enum):
@@ -173,6 +192,7 @@ class HTTPStream:
         "_trailers", "_pending_trailers", "_body", "_body_complete", "_final_delivered",
         "_disconnected", "_app_done", "_expect_continue", "_event", "_error",
         "_started_at", "_sent_status", "_sent_bytes", "_head_only", "_remaining",
+        "_read_timer", "_waiting_since",
     )
 
     def __init__(self, ctx: StreamContext, sink: StreamSink) -> None:
@@ -202,6 +222,10 @@ class HTTPStream:
         self._head_only = False
         #: Body bytes the app's Content-Length still promises (None: no promise).
         self._remaining: int | None = None
+        #: The read-timeout timer, while one is pending (see the module docstring).
+        self._read_timer: asyncio.TimerHandle | None = None
+        #: ``loop.time()`` when the app began waiting for body; None when it is not.
+        self._waiting_since: float | None = None
 
     # -- protocol -> stream ----------------------------------------------------
 
@@ -412,6 +436,9 @@ class HTTPStream:
                 await self._app_returned()  # (the usual ending needs no coroutine)
         finally:
             self._app_done = True
+            if self._read_timer is not None:
+                self._read_timer.cancel()
+                self._read_timer = None
             self._drop_body()
             self._log_access()
 
@@ -497,7 +524,44 @@ class HTTPStream:
             self._event.set()
 
     async def _wait(self) -> None:
-        if self._event is None:
-            self._event = asyncio.Event()
-        self._event.clear()
-        await self._event.wait()
+        """Wait for ``_wake``; under the read timeout while body is due."""
+        event = self._event
+        if event is None:
+            event = self._event = asyncio.Event()
+        event.clear()
+        conn = self._conn
+        timeout = self._ctx.options.read_timeout
+        if (self._body_complete or timeout <= 0 or conn is None
+                or conn.protocol in _OWN_READ_TIMEOUT):
+            await event.wait()
+            return
+        loop = asyncio.get_running_loop()
+        self._waiting_since = loop.time()
+        if self._read_timer is None:
+            self._read_timer = loop.call_later(timeout, self._read_timer_fired)
+        try:
+            await event.wait()
+        finally:
+            self._waiting_since = None
+
+    def _read_timer_fired(self) -> None:
+        self._read_timer = None
+        since = self._waiting_since
+        if since is None or self._disconnected or self._app_done:
+            return  # the app is not waiting now; its next wait arms anew
+        loop = asyncio.get_running_loop()
+        remaining = since + self._ctx.options.read_timeout - loop.time()
+        if remaining > _TIMER_SLACK:
+            self._read_timer = loop.call_later(remaining, self._read_timer_fired)
+            return
+        self._read_timed_out()
+
+    def _read_timed_out(self) -> None:
+        """No body within read_timeout while the app waited: give the stream up."""
+        log.error_logger.debug("request body read timeout (%s s): stream reset",
+                               self._ctx.options.read_timeout)
+        if self._state is not ResponseState.DONE:
+            self._transition(_Event.RESET, "read timeout")
+            self._sink.reset(ResetReason.CANCELLED)
+        self._disconnected = True
+        self._wake()
