@@ -572,3 +572,32 @@ def test_tls_encrypted_key_needs_the_right_password(certs: CertSet, tmp_path: An
     assert isinstance(context, ssl.SSLContext)
     with pytest.raises(TLSConfigError, match="encrypted.key"):
         server_tls(certs, keyfile=str(encrypted), password="wrong")
+
+
+@pytest.mark.parametrize("loop", LOOPS)
+def test_writes_of_one_turn_arrive_in_order_and_before_close(loop: str) -> None:
+    """Writes are gathered per loop turn (one send instead of many): small
+    and large writes keep their order, and close() in the same turn sends
+    them all before the FIN."""
+    async def main() -> None:
+        Recorder.reset()
+        listener = await start_listener(adapters={"http/1.1": Recorder})
+        host, port = listener.addresses[0]  # type: ignore[misc]
+        reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+        writer.write(b"go")
+        recorder = await Recorder.first()
+        await asyncio.wait_for(recorder.got_data.wait(), 5)
+        transport = recorder.transport
+        expected = bytearray()
+        for i in range(300):  # small ones, a large one (sent at once), small ones again
+            piece = b"%d," % i if i != 150 else b"L" * 100_000
+            transport.write(piece)
+            expected += piece
+        transport.close()
+        received = await asyncio.wait_for(reader.read(), 5)  # up to EOF
+        assert received == bytes(expected)
+        writer.close()
+        listener.abort()
+        await asyncio.wait_for(listener.wait_closed(), 5)
+
+    run_on(loop, main)
