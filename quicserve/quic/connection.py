@@ -326,6 +326,7 @@ class QuicSession:
         self._log.debug("[%s] handshake completed (resumed=%s, 0-RTT=%s)", self.cid_hex,
                         event.session_resumed, event.early_data_accepted)
         self._owner.cid_retired(self, self._client_dcid)
+        self._quic.release_handshake_streams()
         if self._client_auth is not None:
             self._check_client_certificate(self._client_auth)
 

@@ -3,7 +3,7 @@
 Theory of operation
 -------------------
 aioquic's :class:`~aioquic.quic.connection.QuicConnection` is sans-IO and
-good, but five things quicserve needs are not configurable through its
+good, but six things quicserve needs are not configurable through its
 public API.  :class:`ManagedQuicConnection` (a server-side subclass) adds
 them, and ``tests/unit/quic/test_internals.py`` pins every private name used
 here so an aioquic upgrade that moves one fails loudly, naming it.
@@ -64,6 +64,17 @@ here so an aioquic upgrade that moves one fails loudly, naming it.
    endpoint can take the next burst in the same loop turn once its time has
    come (:attr:`ManagedQuicConnection.pacing_blocked`).
 
+6. **Memory an idle connection does not need** (issue 6: at most 64 KiB per
+   idle connection; aioquic alone keeps ~85).  Three leftovers go: the three
+   16 KiB TLS output buffers (``_crypto_buffers``), released once the server
+   TLS state is SERVER_POST_HANDSHAKE, in which aioquic refuses every message
+   before writing a byte; the Initial and Handshake crypto streams
+   (``_crypto_streams``), whose send buffer keeps our handshake flight when
+   the epoch is discarded before its ACK -- replaced by one empty stream once
+   the handshake is confirmed (:meth:`release_handshake_streams`); and the
+   ~30 frozensets aioquic's frame table (``_QuicConnection__frame_handlers``)
+   allocates per connection, shared instead.
+
 API for ``quic/connection.py`` (QuicSession)::
 
     quic = ManagedQuicConnection(
@@ -96,11 +107,15 @@ from aioquic.quic import connection as _aioquic_connection
 from aioquic.quic.configuration import QuicConfiguration
 from aioquic.quic.connection import QuicConnection
 from aioquic.quic.packet import QuicFrameType
+from aioquic.quic.stream import QuicStream
 
 from quicserve.errors import QuicserveError
 from quicserve.log import error_logger
 from quicserve.quic.cid import CidIssuer, StatelessResetKeys
 from quicserve.quic.tokens import SessionTicketStore
+
+#: One shared frozenset per distinct set of epochs a frame type is allowed in.
+_EPOCH_SETS: dict[frozenset[tls.Epoch], frozenset[tls.Epoch]] = {}
 
 #: aioquic's own default for the initial bidirectional stream limit.
 AIOQUIC_DEFAULT_MAX_STREAMS_BIDI = 128
@@ -162,6 +177,7 @@ class ManagedQuicConnection(QuicConnection):
         self._ticket_store = ticket_store
         self._early_data = early_data
         self._pending_ticket: tls.SessionTicket | None = None
+        self._crypto_buffers_released = False
         self._held: dict[int, int] = {}
         super().__init__(
             configuration=configuration,
@@ -173,6 +189,7 @@ class ManagedQuicConnection(QuicConnection):
         self._issue_initial_cid()
         if max_streams_bidi is not None:
             self._set_initial_max_streams_bidi(max_streams_bidi)
+        self._share_frame_epochs()
 
     # -- 1. connection IDs ------------------------------------------------------
 
@@ -201,6 +218,15 @@ class ManagedQuicConnection(QuicConnection):
                 raise AioquicInternalsChanged("aioquic announced a connection ID inside "
                                               "_replenish_connection_ids")
             self._assign(connection_id)
+
+    def _share_frame_epochs(self) -> None:
+        # aioquic builds a frame-type table per connection whose entries each
+        # carry a fresh frozenset of the epochs the frame may appear in: ~30
+        # sets, 6 KiB per connection, with a handful of distinct values.
+        # Share one set per value across connections (they are immutable).
+        handlers = _require(self, "_QuicConnection__frame_handlers")
+        for frame_type, (handler, epochs) in handlers.items():
+            handlers[frame_type] = (handler, _EPOCH_SETS.setdefault(epochs, epochs))
 
     # -- 2. the bidirectional stream limit -----------------------------------------
 
@@ -303,6 +329,32 @@ class ManagedQuicConnection(QuicConnection):
             self._pending_ticket = None
             self._rewrite_session_ticket(ticket)
         super()._push_crypto_data()
+        if not self._crypto_buffers_released and self.tls.state is tls.State.SERVER_POST_HANDSHAKE:
+            self._release_crypto_buffers()
+
+    def release_handshake_streams(self) -> None:
+        """Call once the handshake is confirmed (aioquic has discarded the
+        Initial and Handshake keys): the crypto streams of those two epochs
+        can never carry a byte again -- packets of those epochs no longer
+        decrypt and aioquic writes handshake data only before confirmation --
+        yet one of them may still hold our unacknowledged handshake flight.
+        Both entries then point at one empty stream."""
+        if not self._handshake_confirmed:
+            return
+        streams = _require(self, "_crypto_streams")
+        spent = QuicStream()
+        streams[tls.Epoch.INITIAL] = spent
+        streams[tls.Epoch.HANDSHAKE] = spent
+
+    def _release_crypto_buffers(self) -> None:
+        # Once the server's handshake is over (its last message, the session
+        # ticket, was just pushed), aioquic's TLS layer refuses every further
+        # handshake message before writing anything, so the three 16 KiB
+        # output buffers it keeps per connection are dead weight.
+        buffers = _require(self, "_crypto_buffers")
+        for epoch in list(buffers):
+            buffers[epoch] = Buffer(capacity=0)
+        self._crypto_buffers_released = True
 
     def _rewrite_session_ticket(self, ticket: tls.SessionTicket) -> None:
         store = self._ticket_store

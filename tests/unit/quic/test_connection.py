@@ -13,6 +13,7 @@ import json
 import os
 from typing import Any, Callable, Coroutine
 
+from aioquic import tls
 from aioquic.buffer import Buffer
 from aioquic.h3.connection import ErrorCode as H3ErrorCode
 from aioquic.h3.connection import FrameType
@@ -64,6 +65,18 @@ def test_handshake_and_get(certs: CertSet) -> None:
         assert client.handshake is not None and client.handshake.alpn_protocol == "h3"
         assert h.stats.quic_sessions == 1 and session_count(h) == 1
         assert h.stats.requests == 1
+    run(main())
+
+
+def test_session_releases_handshake_streams_at_handshake_completion(certs: CertSet) -> None:
+    async def main() -> None:
+        h = harness(certs, apps.hello)
+        client = h.client()
+        stream_id = client.request("GET", "/")
+        await h.run(done(client, stream_id))
+        (session,) = h.endpoint.sessions
+        streams = session._quic._crypto_streams
+        assert streams[tls.Epoch.INITIAL] is streams[tls.Epoch.HANDSHAKE]
     run(main())
 
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import inspect
 import os
+import re
 from typing import Any, Callable
 
 import pytest
@@ -102,6 +103,23 @@ def test_pinned_stream_internals() -> None:
         pin(stream.sender, name)
     stream.sender.write(b"abc")
     assert stream.sender._buffer_stop - stream.sender._buffer_start == 3
+
+
+def test_aioquic_server_tls_writes_nothing_after_its_handshake() -> None:
+    """internals.py drops the crypto output buffers once the server's TLS
+    state is SERVER_POST_HANDSHAKE, relying on aioquic refusing every message
+    in that state before writing anything."""
+    pin(tls.State, "SERVER_POST_HANDSHAKE")
+    source = inspect.getsource(pin(tls.Context, "_handle_reassembled_message"))
+    assert re.search(r"elif self\.state == State\.SERVER_POST_HANDSHAKE:\s+raise AlertUnexpectedMessage",
+                     source), "aioquic's server TLS now handles post-handshake messages"
+
+
+def test_frame_handler_table_shape() -> None:
+    """internals.py shares the epoch sets of aioquic's per-connection frame table."""
+    source = inspect.getsource(QuicConnection.__init__)
+    assert "self.__frame_handlers = {" in source
+    assert 'EPOCHS("IH01")' in source
 
 
 def test_aioquic_still_raises_max_streams_as_streams_close() -> None:
@@ -421,6 +439,42 @@ def test_pacing_blocked_is_true_exactly_when_the_pacer_held_data_back(certs: Cer
         pair.client.receive_datagram(data[0], SERVER_ADDR, now=pair.now)
     pair.run(rounds=2000)
     assert server.datagrams_to_send(now=pair.now) == [] and not server.pacing_blocked
+
+
+def test_handshake_leftovers_are_released(certs: CertSet) -> None:
+    """After the handshake: no 16 KiB crypto output buffers, the Initial and
+    Handshake crypto streams replaced by one empty stream, and the frame
+    table's epoch sets shared between connections; the connection still
+    carries data both ways and resumes with its ticket."""
+    store = SessionTicketStore(b"t" * 32)
+    make = managed_factory(certs, issuer=CidIssuer(), ticket_store=store)
+    pairs = []
+    for _ in range(2):
+        pair = Pair(QuicConnection(configuration=client_configuration(certs)), make)
+        pair.start()
+        pair.run()
+        pair.handshake_event(pair.server_events)
+        pairs.append(pair)
+    server = pairs[0].server
+    assert server is not None
+    assert all(buf.capacity == 0 for buf in server._crypto_buffers.values())
+    server.release_handshake_streams()
+    streams = server._crypto_streams
+    assert streams[tls.Epoch.INITIAL] is streams[tls.Epoch.HANDSHAKE]
+    assert streams[tls.Epoch.INITIAL].sender.buffer_is_empty
+    ours = server._QuicConnection__frame_handlers  # type: ignore[attr-defined]
+    theirs = pairs[1].server._QuicConnection__frame_handlers  # type: ignore[union-attr]
+    assert all(ours[t][1] is theirs[t][1] for t in ours)
+    client = pairs[0].client
+    stream_id = client.get_next_available_stream_id()
+    client.send_stream_data(stream_id, b"ping", end_stream=True)
+    pairs[0].on_server_event = lambda e: (
+        server.send_stream_data(e.stream_id, b"pong", end_stream=True)
+        if isinstance(e, StreamDataReceived) and e.end_stream else None)
+    pairs[0].run()
+    got = b"".join(e.data for e in pairs[0].client_events
+                   if isinstance(e, StreamDataReceived) and e.stream_id == stream_id)
+    assert got == b"pong"
 
 
 def test_send_buffered_counts_unacknowledged_bytes(certs: CertSet) -> None:
