@@ -271,9 +271,17 @@ class ManagedQuicConnection(QuicConnection):
         return self._held.get(stream_id)
 
     def _write_stream_limits(self, builder: Any, space: Any, stream: Any) -> None:
+        # aioquic calls this for every stream in every packet it builds.
         held = self._held.get(stream.stream_id)
         if held is None:
-            super()._write_stream_limits(builder, space, stream)
+            # Unmanaged (HTTP/3's unidirectional streams): aioquic's method acts
+            # only when the limit is due to double or differs from what was
+            # sent -- its two conditions, pinned in test_internals.py -- so
+            # the call is skipped otherwise (~1.3 us per packet with H3's six).
+            local = stream.max_stream_data_local
+            if (local != stream.max_stream_data_local_sent
+                    or (local and stream.receiver.highest_offset * 2 > local)):
+                super()._write_stream_limits(builder, space, stream)
             return
         window = self._configuration.max_stream_data
         receiver = stream.receiver

@@ -8,10 +8,12 @@ withheld receive credit and stateless session tickets with 0-RTT.
 
 from __future__ import annotations
 
+import ast
 import dataclasses
 import inspect
 import os
 import re
+import textwrap
 from typing import Any, Callable
 
 import pytest
@@ -103,6 +105,20 @@ def test_pinned_stream_internals() -> None:
         pin(stream.sender, name)
     stream.sender.write(b"abc")
     assert stream.sender._buffer_stop - stream.sender._buffer_start == 3
+
+
+def test_aioquic_stream_limits_act_only_on_the_conditions_internals_checks() -> None:
+    """ManagedQuicConnection skips aioquic's _write_stream_limits for an
+    unmanaged stream unless the limit is due to double or differs from what
+    was sent: those must stay the only two things it acts on."""
+    source = textwrap.dedent(inspect.getsource(QuicConnection._write_stream_limits))
+    assert "stream.receiver.highest_offset * 2 > stream.max_stream_data_local" in source
+    assert "stream.max_stream_data_local_sent != stream.max_stream_data_local" in source
+    body = ast.parse(source).body[0].body  # type: ignore[attr-defined]
+    steps = [node for node in body if not isinstance(node, ast.Expr)]  # the docstring
+    assert len(steps) == 2 and all(isinstance(node, ast.If) for node in steps), \
+        "aioquic's _write_stream_limits does more than its two conditional steps"
+    pin(aioquic_stream.QuicStreamReceiver(stream_id=0, readable=True), "highest_offset")
 
 
 def test_aioquic_server_tls_writes_nothing_after_its_handshake() -> None:
@@ -475,6 +491,23 @@ def test_handshake_leftovers_are_released(certs: CertSet) -> None:
     got = b"".join(e.data for e in pairs[0].client_events
                    if isinstance(e, StreamDataReceived) and e.stream_id == stream_id)
     assert got == b"pong"
+
+
+def test_unmanaged_streams_keep_aioquics_window_growth(certs: CertSet) -> None:
+    """A stream the adapter never manages (HTTP/3's unidirectional ones)
+    still gets aioquic's MAX_STREAM_DATA doubling: a client can push 5x the
+    initial window through it."""
+    pair = Pair(QuicConnection(configuration=client_configuration(certs)),
+                managed_factory(certs, issuer=CidIssuer(),
+                                configuration={"max_stream_data": 4096}))
+    pair.start()
+    pair.run()
+    stream_id = pair.client.get_next_available_stream_id(is_unidirectional=True)
+    pair.client.send_stream_data(stream_id, b"u" * 20480, end_stream=True)
+    pair.run(rounds=400)
+    got = sum(len(e.data) for e in pair.server_events
+              if isinstance(e, StreamDataReceived) and e.stream_id == stream_id)
+    assert got == 20480
 
 
 def test_send_buffered_counts_unacknowledged_bytes(certs: CertSet) -> None:
