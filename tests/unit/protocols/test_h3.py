@@ -807,3 +807,12 @@ def test_whole_request_head_shortcut_matches_aioquics_reassembly() -> None:
         took_shortcut += sum(1 for e in events if isinstance(e, StreamDataReceived)
                              and e.stream_id % 4 == 0 and e.data[:1] == b"\x01")
     assert took_shortcut > 200, "the generator must exercise the shortcut"
+
+
+def test_frame_bytes_is_aioquics_encode_frame() -> None:
+    from aioquic.h3.connection import encode_frame
+
+    for size in (0, 1, 13, 63, 64, 65, 300, 16383, 16384, 16385, 70000):
+        payload = os.urandom(size)
+        for frame_type in (FrameType.DATA, FrameType.HEADERS):
+            assert h3_wire.frame_bytes(frame_type, payload) == encode_frame(frame_type, payload)
