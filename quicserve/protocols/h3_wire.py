@@ -29,26 +29,34 @@ the set of discarded stream IDs, each removed when its stream ends.
 
 Hot path.  Every request costs one HEADERS frame in and one HEADERS and one
 DATA frame out, and aioquic spends much of that in plumbing, not in HTTP/3.
-Three overrides keep its behaviour exactly and drop the plumbing (each
-measured with ``bench/h3.py``; the differential test in
-``tests/unit/protocols/test_h3.py`` checks the validator against aioquic's):
+These overrides keep its behaviour exactly and drop the plumbing (each
+measured; see the commit log): ``tests/unit/protocols/test_h3.py`` checks
+the validator and the whole-head shortcut differentially against aioquic's
+own code, and ``frame_bytes`` against ``encode_frame``.
 
+* A request stream's first data that is exactly one complete HEADERS frame
+  (every GET; a POST's head) is handled by :meth:`_whole_request_head`, not
+  by aioquic's general frame reassembly (buffer concatenation, a ``Buffer``,
+  per-frame state).  Anything else takes aioquic's path.
+* A request head is validated by :func:`validate_request_fields`, which
+  raises exactly when aioquic's ``validate_request_headers`` raises (the same
+  ``MessageError``, from aioquic's own per-field checks) but screens each
+  field with one regular expression, and remembers names and short values
+  already found valid.
 * ``_get_or_create_stream`` returns a slotted context manager instead of a
-  ``contextlib`` generator (entered for every received chunk and every send);
-* a request's first HEADERS frame is validated by
-  :func:`validate_request_fields`, which raises exactly when aioquic's
-  ``validate_request_headers`` raises (the same ``MessageError``, from
-  aioquic's own per-field checks) but screens each field with one regular
-  expression instead of a Python loop over its bytes;
-* a final response head can be held and written in one stream write with
+  ``contextlib`` generator (entered for every received chunk and every send).
+* A final response head can be held and written in one stream write with
   the first DATA frame (:meth:`final_head_frame`, :meth:`send_data_after`):
-  one QUIC write per small response instead of two;
+  one QUIC write per small response instead of two.  Frames are built by
+  :func:`frame_bytes`, without ``encode_frame``'s intermediate buffer.
 * ``_decode_headers``/``_encode_headers`` skip handing an empty QPACK
   instruction block to the decoder/encoder stream, and decoder instructions
   (a Section Acknowledgment for nearly every request) are collected and
   written to the decoder stream in one piece by :meth:`flush_decoder`, which
   the adapter calls once the events of a received datagram are handled --
   so before the endpoint's flush of that loop turn.
+
+qlog, when on, always takes aioquic's own paths, so its events are aioquic's.
 """
 
 from __future__ import annotations
@@ -88,6 +96,10 @@ _BAD_VALUE_BYTE = re.compile(rb"[\x00\n\r]")
 #: name alone.  Bounded in count and name length, so peers cannot grow it.
 _VALID_NAMES: set[bytes] = set()
 _VALID_NAMES_MAX = 1024
+#: The same for values (validity depends on the value alone): the first
+#: valid short values seen -- a request's method, scheme, authority, user
+#: agent -- are checked once; bounded like the names.
+_VALID_VALUES: set[bytes] = set()
 _REQUEST_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b":protocol"))
 _REQUIRED_PSEUDO = frozenset((b":method", b":authority"))
 
@@ -100,8 +112,9 @@ def validate_request_fields(headers: list[tuple[bytes, bytes]], stream: H3Stream
     A field that the regular expressions flag is handed to aioquic's own
     ``validate_header_name``/``validate_header_value``, which raise the
     precise error; the pseudo-header and semantic checks follow aioquic's
-    order field by field.  Names already found valid are remembered
-    (:data:`_VALID_NAMES`): a request repeats the same few.
+    order field by field.  Names and short values already found valid are
+    remembered (:data:`_VALID_NAMES`, :data:`_VALID_VALUES`): requests repeat
+    the same few.
     """
     after_pseudo = False
     authority = path = scheme = None
@@ -109,10 +122,8 @@ def validate_request_fields(headers: list[tuple[bytes, bytes]], stream: H3Stream
     for key, value in headers:
         if key not in _VALID_NAMES:
             _check_name(key)
-        if value and (
-                _BAD_VALUE_BYTE.search(value) is not None or value[0] in WHITESPACE
-                or value[-1] in WHITESPACE):
-            validate_header_value(key, value)
+        if value not in _VALID_VALUES:
+            _check_value(key, value)
         if key[:1] == b":":
             if after_pseudo:
                 raise MessageError(f"Pseudo-header {key!r} is not allowed after regular headers")
@@ -151,6 +162,14 @@ def _check_name(key: bytes) -> None:
         validate_header_name(key)
     elif len(_VALID_NAMES) < _VALID_NAMES_MAX and len(key) <= 64:
         _VALID_NAMES.add(key)
+
+
+def _check_value(key: bytes, value: bytes) -> None:
+    if value and (_BAD_VALUE_BYTE.search(value) is not None or value[0] in WHITESPACE
+                  or value[-1] in WHITESPACE):
+        validate_header_value(key, value)
+    elif len(_VALID_VALUES) < _VALID_NAMES_MAX and len(value) <= 64:
+        _VALID_VALUES.add(value)
 
 
 def _record_content_length(value: bytes, stream: H3Stream | None) -> None:
