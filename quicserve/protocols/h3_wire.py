@@ -365,7 +365,8 @@ class ServerH3Connection(H3Connection):
                 if event.end_stream:
                     self._forget(stream_id)
                 return []
-            if stream_id % 4 == 0 and stream_id not in self._stream and not self._is_done:
+            if (stream_id % 4 == 0 and stream_id not in self._stream and not self._is_done
+                    and self._quic_logger is None):
                 events = self._whole_request_head(event)
                 if events is not None:
                     return events
