@@ -44,7 +44,7 @@ serve: venv certs
 	    --certfile certs/cert.pem --keyfile certs/key.pem
 
 test: venv certs deps
-	$(VPY) -m pytest $(PYTEST_FLAGS)
+	QUICSERVE_REQUIRE_TOOLS=1 $(VPY) -m pytest $(PYTEST_FLAGS)
 
 bench: venv certs deps
 	$(VPY) bench/run.py

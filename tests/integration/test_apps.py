@@ -64,22 +64,18 @@ def starlette_app() -> Starlette:
     ], lifespan=lifespan)
 
 
-try:
-    import fastapi
-    from pydantic import BaseModel
-except ImportError:  # pragma: no cover - the test extra installs both
-    fastapi = None
-else:
-    class Item(BaseModel):
-        """At module level: FastAPI resolves the (string) annotations here."""
+import fastapi  # noqa: E402 - the test extra installs it
+from pydantic import BaseModel  # noqa: E402
 
-        name: str
-        price: float
+
+class Item(BaseModel):
+    """At module level: FastAPI resolves the (string) annotations here."""
+
+    name: str
+    price: float
 
 
 def fastapi_app() -> Any:
-    if fastapi is None:
-        pytest.skip("fastapi is not installed")
     app = fastapi.FastAPI(lifespan=lifespan)
 
     @app.get("/")

@@ -171,8 +171,6 @@ def test_second_signal_exits_at_once(tmp_path: Path) -> None:
 
 
 def test_static_directory_without_app(tmp_path: Path) -> None:
-    if importlib.util.find_spec("quicserve.static") is None:
-        pytest.skip("quicserve.static is not in this build")
     (tmp_path / "index.html").write_text("<h1>static</h1>")
     (tmp_path / "data.txt").write_text("some data")
     with ServerProcess("--static", str(tmp_path), *LOCAL, "--no-access-log") as server:

@@ -25,7 +25,7 @@ import websockets.exceptions
 
 from tests.support.certs import CertSet
 from tests.support.h2_peers import Denial, H2WebSocket, WebSocketClosed, client_ssl_context
-from tests.support.h3_ws import ExtendedConnectUnsupported, H3WebSocket
+from tests.support.h3_ws import H3WebSocket
 from tests.support.server import ThreadedServer
 
 PROTOCOLS = ["h1", "h2", "h3"]
@@ -182,11 +182,8 @@ async def connect(server: ThreadedServer, certs: CertSet, protocol: str, path: s
                                               subprotocols=subprotocols)
         return h2_socket if isinstance(h2_socket, Denial) else StreamClient(h2_socket)
     host, port = server.address(transport="udp")
-    try:
-        h3_socket = await H3WebSocket.connect(host, port, path, ca=str(certs.ca),
-                                              subprotocols=subprotocols)
-    except ExtendedConnectUnsupported as exc:
-        pytest.skip(f"HTTP/3 WebSocket (RFC 9220) is not served yet: {exc}")
+    h3_socket = await H3WebSocket.connect(host, port, path, ca=str(certs.ca),
+                                          subprotocols=subprotocols)
     return h3_socket if isinstance(h3_socket, Denial) else StreamClient(h3_socket)
 
 
