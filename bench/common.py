@@ -30,6 +30,8 @@ gtlsclient), never from quicserve's code.
 
 from __future__ import annotations
 
+import argparse
+
 import os
 import platform
 import re
@@ -366,3 +368,18 @@ def splice_section(document: str, name: str, body: str) -> str:
         _, _, tail = rest.partition(end)
         return head + block + tail
     return document.rstrip() + "\n\n" + block + "\n"
+
+
+def standalone(run: Callable[[BenchContext], list[Group]], doc: str | None,
+               argv: list[str] | None = None, *, duration: float = 10.0) -> int:
+    """The ``main()`` of a bench module run on its own: ``--rounds``,
+    ``--duration`` and ``--quick`` (one round of 3 s), then the tables."""
+    parser = argparse.ArgumentParser(description=(doc or "").splitlines()[0] if doc else None)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--duration", type=float, default=duration)
+    parser.add_argument("--quick", action="store_true", help="1 round of 3 s: a smoke run")
+    args = parser.parse_args(argv)
+    rounds, seconds = (1, 3.0) if args.quick else (args.rounds, args.duration)
+    ctx = make_context(rounds=rounds, duration=seconds, quick=args.quick)
+    print(render(run(ctx)))
+    return 0

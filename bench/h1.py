@@ -12,14 +12,13 @@ Standalone: ``python bench/h1.py [--rounds N] [--duration S]``.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench.common import BenchContext, Group, Server, free_port, interleave, make_context, render, wrk
+from bench.common import BenchContext, Group, Server, free_port, interleave, standalone, wrk
 
 TITLE = "HTTP/1.1"
 APP = "bench.apps:hello"
@@ -77,14 +76,8 @@ def run(ctx: BenchContext) -> list[Group]:
     return [group]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10.0)
-    args = parser.parse_args()
-    ctx = make_context(rounds=args.rounds, duration=args.duration, quick=False)
-    print(render(run(ctx)))
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return standalone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

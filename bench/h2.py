@@ -17,7 +17,6 @@ Standalone: ``python bench/h2.py [--rounds N] [--duration S]``.
 
 from __future__ import annotations
 
-import argparse
 import re
 import subprocess
 import sys
@@ -33,8 +32,7 @@ from bench.common import (
     Server,
     free_port,
     interleave,
-    make_context,
-    render,
+    standalone,
     tool,
 )
 
@@ -125,14 +123,8 @@ def run(ctx: BenchContext) -> list[Group]:
     return [group]
 
 
-def main() -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--duration", type=float, default=10.0)
-    args = parser.parse_args()
-    ctx = make_context(rounds=args.rounds, duration=args.duration, quick=False)
-    print(render(run(ctx)))
-    return 0
+def main(argv: list[str] | None = None) -> int:
+    return standalone(run, __doc__, argv)
 
 
 if __name__ == "__main__":

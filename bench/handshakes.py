@@ -22,7 +22,6 @@ Standalone: ``python bench/handshakes.py [--rounds N] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import subprocess
@@ -37,7 +36,7 @@ if __package__ in (None, ""):
 
 from bench import aioquic_baseline, ngtcp2
 from bench.common import (BenchContext, Group, Measurement, Server, free_port, interleave,
-                          make_context, render)
+                          standalone)
 
 TITLE = "QUIC handshakes"
 APP = "bench.apps:hello"
@@ -118,13 +117,7 @@ def run(ctx: BenchContext) -> list[Group]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    ctx = make_context(rounds=1 if args.quick else args.rounds, duration=3.0, quick=args.quick)
-    print(render(run(ctx)))
-    return 0
+    return standalone(run, __doc__, argv, duration=3.0)
 
 
 if __name__ == "__main__":

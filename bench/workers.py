@@ -17,7 +17,6 @@ Standalone: ``python bench/workers.py [--rounds N] [--quick]``.
 
 from __future__ import annotations
 
-import argparse
 import socket
 import sys
 from pathlib import Path
@@ -26,7 +25,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import aioquic_baseline, ngtcp2
-from bench.common import BenchContext, Group, Server, free_port, interleave, make_context, render
+from bench.common import BenchContext, Group, Server, free_port, interleave, standalone
 
 TITLE = "Workers"
 APP = "bench.apps:hello"
@@ -81,13 +80,7 @@ def run(ctx: BenchContext) -> list[Group]:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--quick", action="store_true")
-    args = parser.parse_args(argv)
-    ctx = make_context(rounds=1 if args.quick else args.rounds, duration=3.0, quick=args.quick)
-    print(render(run(ctx)))
-    return 0
+    return standalone(run, __doc__, argv, duration=3.0)
 
 
 if __name__ == "__main__":
