@@ -141,7 +141,7 @@ CASES: tuple[Case, ...] = (
          impairment=Impairment(corrupt=0.02, seed=14, delay=0.005, burst=3),
          expect=Expect(impaired=True)),
     Case(name="blackhole", server_testcase="transfer", sizes=(10 * MB,),
-         impairment=Impairment(delay=0.005, blackhole_on=2.0, blackhole_off=1.0),
+         impairment=Impairment(delay=0.005, blackhole_on=0.8, blackhole_off=1.0),
          expect=Expect(impaired=True), timeout=120.0),
     Case(name="rebind-port", server_testcase="transfer", sizes=(10 * MB,),
          impairment=Impairment(delay=0.005, rebind_first=0.5, rebind_every=1.0),

@@ -1,9 +1,10 @@
-"""The one place that touches aioquic's private internals.
+"""The place that touches aioquic's private internals (with ``quic/bulk.py``,
+the bulk send path it calls).
 
 Theory of operation
 -------------------
 aioquic's :class:`~aioquic.quic.connection.QuicConnection` is sans-IO and
-good, but six things quicserve needs are not configurable through its
+good, but seven things quicserve needs are not configurable through its
 public API.  :class:`ManagedQuicConnection` (a server-side subclass) adds
 them, and ``tests/unit/quic/test_internals.py`` pins every private name used
 here so an aioquic upgrade that moves one fails loudly, naming it.
@@ -60,11 +61,16 @@ here so an aioquic upgrade that moves one fails loudly, naming it.
    label is safe.  With ``early_data=False`` the rewritten ticket omits the
    early_data extension, so compliant clients resume without 0-RTT.
 
-5. **Whether the pacer held the last flush back** (``_pacing_at``), so the
+5. **The bulk send path.**  ``_write_application`` hands a flush to
+   :func:`quicserve.quic.bulk.write_bulk` first; when only one stream's data
+   (and perhaps an ACK) is due, it builds the 1-RTT packets directly, else
+   aioquic's own method runs.  See that module.
+
+6. **Whether the pacer held the last flush back** (``_pacing_at``), so the
    endpoint can take the next burst in the same loop turn once its time has
    come (:attr:`ManagedQuicConnection.pacing_blocked`).
 
-6. **Memory an idle connection does not need** (issue 6: at most 64 KiB per
+7. **Memory an idle connection does not need** (issue 6: at most 64 KiB per
    idle connection; aioquic alone keeps ~85).  Three leftovers go: the three
    16 KiB TLS output buffers (``_crypto_buffers``), released once the server
    TLS state is SERVER_POST_HANDSHAKE, in which aioquic refuses every message
@@ -111,6 +117,7 @@ from aioquic.quic.stream import QuicStream
 
 from quicserve.errors import QuicserveError
 from quicserve.log import error_logger
+from quicserve.quic.bulk import write_bulk
 from quicserve.quic.cid import CidIssuer, StatelessResetKeys
 from quicserve.quic.tokens import SessionTicketStore
 
@@ -291,6 +298,27 @@ class ManagedQuicConnection(QuicConnection):
                 stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             self._write_max_stream_data_frame(builder, stream)
+
+    def stream_limit_due(self, stream: Any) -> bool:
+        """Whether :meth:`_write_stream_limits` could write a frame for
+        ``stream`` now (it may still decide not to); changes nothing."""
+        local = stream.max_stream_data_local
+        if local != stream.max_stream_data_local_sent:
+            return True
+        held = self._held.get(stream.stream_id)
+        receiver = stream.receiver
+        if held is None:
+            return bool(local and receiver.highest_offset * 2 > local)
+        if not local or receiver.is_finished:
+            return False
+        window = self._configuration.max_stream_data
+        return bool((receiver.starting_offset() - held + window - local) * 2 >= window)
+
+    def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
+        # One stream's data and nothing else due: quic/bulk.py builds the
+        # packets; anything else is aioquic's.
+        if not write_bulk(self, builder, network_path, now):
+            super()._write_application(builder, network_path, now)
 
     def _write_max_stream_data_frame(self, builder: Any, stream: Any) -> None:
         # The same frame aioquic's _write_stream_limits writes, with its own
