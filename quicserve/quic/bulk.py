@@ -44,7 +44,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from aioquic import tls
-from aioquic.buffer import Buffer, encode_uint_var  # type: ignore[attr-defined]
+from aioquic.buffer import Buffer  # type: ignore[attr-defined]
 from aioquic.quic.packet import PACKET_FIXED_BIT, QuicFrameType, QuicPacketType, push_ack_frame
 from aioquic.quic.packet_builder import QuicSentPacket
 
@@ -132,7 +132,6 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
     space = conn._spaces[_ONE_RTT]
     send: Any = crypto.send  # (its aead and hp are set: is_valid() was checked)
     aead_encrypt = send.aead.encrypt
-    mask = send.hp._mask
     tag_size = crypto.aead_tag_size
     first_byte = (PACKET_FIXED_BIT | (builder._spin_bit << 5) | (crypto.key_phase << 2)
                   | (PN_LENGTH - 1)).to_bytes(1, "big")
@@ -140,14 +139,14 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
     header_size = 1 + len(peer_cid) + PN_LENGTH
     pacer = conn._loss._pacer
     sender = stream.sender
-    stream_id = encode_uint_var(stream.stream_id)
+    stream_id = _varint(stream.stream_id)
     on_delivery = sender.on_data_delivery
-    datagrams = builder._datagrams
     packets = builder._packets
     capacity = builder._buffer_capacity
     flight_left = builder.max_flight_bytes - builder._flight_bytes
     packet_number = builder._packet_number
     ack_due = space.ack_at is not None and space.ack_at <= now
+    sealed: list[tuple[bytes, bytes]] = []  # (plain header, protected payload)
     sent_any = False
     while True:
         handlers: list[tuple[Any, Any]] = []
@@ -162,7 +161,7 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
             if conn._pacing_at is not None:
                 break
         next_offset = sender.next_offset
-        overhead = 3 + len(stream_id) + (len(encode_uint_var(next_offset)) if next_offset else 0)
+        overhead = 3 + len(stream_id) + (len(_varint(next_offset)) if next_offset else 0)
         room = min(capacity, flight_left) - header_size - tag_size - overhead - len(ack)
         if room > _MAX_FRAME_DATA:
             room = _MAX_FRAME_DATA
@@ -176,7 +175,7 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
             frame_type = _STREAM_LEN | (4 if offset else 0) | (1 if frame.fin else 0)
             payload = b"".join((
                 ack, frame_type.to_bytes(1, "big"), stream_id,
-                encode_uint_var(offset) if offset else b"",
+                _varint(offset) if offset else b"",
                 (len(data) | 0x4000).to_bytes(2, "big"), data))
             handlers.append((on_delivery, (offset, offset + len(data), frame.fin)))
             conn._remote_max_data_used += sender.highest_offset - previous_high
@@ -186,19 +185,13 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
             break
         header = first_byte + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
         protected = aead_encrypt(payload, header, packet_number)
-        hp = mask(protected[_SAMPLE_OFFSET:_SAMPLE_OFFSET + 16])
-        masked = bytearray(header)
-        masked[0] ^= hp[0] & 0x1F
-        masked[-2] ^= hp[1]
-        masked[-1] ^= hp[2]
-        datagram = bytes(masked) + protected
-        size = len(datagram)
+        sealed.append((header, protected))
+        size = len(header) + len(protected)
         eliciting = frame is not None
         packets.append(QuicSentPacket(
             epoch=_ONE_RTT, in_flight=eliciting, is_ack_eliciting=eliciting,
             is_crypto_packet=False, packet_number=packet_number, packet_type=_ONE_RTT_TYPE,
             sent_bytes=size, delivery_handlers=handlers))
-        datagrams.append(datagram)
         builder._total_bytes += size
         if eliciting:
             builder._flight_bytes += size
@@ -208,6 +201,8 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
         pacer.update_after_send(now=now)
         ack_due = False
     builder._packet_number = packet_number
+    if sealed:
+        builder._datagrams.extend(_protect_headers(send.hp, sealed))
     if sent_any:
         # aioquic's service order: a stream that sent moves to the back.
         queue = conn._streams_queue
@@ -223,3 +218,34 @@ def _ack_frame(conn: ManagedQuicConnection, space: Any, now: float) -> bytes:
     push_ack_frame(buf, space.ack_queue, delay, _ACK_CAPACITY - 1)
     space.ack_at = None
     return bytes(buf.data)
+
+
+def _protect_headers(hp: Any, sealed: list[tuple[bytes, bytes]]) -> list[bytes]:
+    """The datagrams: each header masked with the sample of its payload
+    (RFC 9001 section 5.4).  With AES the masks are one ECB pass over all
+    the samples, since each 16-byte block is encrypted independently."""
+    start, stop = _SAMPLE_OFFSET, _SAMPLE_OFFSET + 16
+    if hp._is_chacha20:
+        masks = [hp._mask(protected[start:stop]) for _, protected in sealed]
+    else:
+        joined = hp._mask(b"".join([protected[start:stop] for _, protected in sealed]))
+        masks = [joined[i:i + 16] for i in range(0, len(joined), 16)]
+    datagrams = []
+    for (header, protected), mask in zip(sealed, masks):
+        masked = bytearray(header)
+        masked[0] ^= mask[0] & 0x1F
+        masked[-2] ^= mask[1]
+        masked[-1] ^= mask[2]
+        datagrams.append(bytes(masked) + protected)
+    return datagrams
+
+
+def _varint(value: int) -> bytes:
+    """``value`` as a QUIC variable-length integer (RFC 9000 section 16)."""
+    if value < 0x40:
+        return value.to_bytes(1, "big")
+    if value < 0x4000:
+        return (value | 0x4000).to_bytes(2, "big")
+    if value < 0x40000000:
+        return (value | 0x80000000).to_bytes(4, "big")
+    return (value | 0xC000000000000000).to_bytes(8, "big")

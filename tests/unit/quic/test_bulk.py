@@ -79,12 +79,21 @@ def test_pinned_packet_and_crypto_internals(certs: CertSet) -> None:
         assert hasattr(server, name), f"aioquic QuicConnection.{name} is gone"
     crypto = server._cryptos[bulk._ONE_RTT]
     assert callable(crypto.send.aead.encrypt) and callable(crypto.send.hp._mask)
+    assert crypto.send.hp._is_chacha20 is False
     assert crypto._update_key_requested is False and crypto.aead_tag_size == 16
     space = server._spaces[bulk._ONE_RTT]
     for name in ("ack_at", "ack_queue", "largest_received_time", "largest_received_packet"):
         assert hasattr(space, name), f"aioquic QuicPacketSpace.{name} is gone"
     pacer = server._loss._pacer
     assert callable(pacer.next_send_time) and callable(pacer.update_after_send)
+
+
+@pytest.mark.parametrize("value", [0, 1, 0x3F, 0x40, 0x3FFF, 0x4000, 0x3FFFFFFF, 0x40000000,
+                                   2 ** 62 - 1])
+def test_varint_matches_aioquics(value: int) -> None:
+    from aioquic.buffer import encode_uint_var
+
+    assert bulk._varint(value) == encode_uint_var(value)
 
 
 # -- an in-memory link ------------------------------------------------------------------
