@@ -11,6 +11,7 @@ from __future__ import annotations
 import ast
 import dataclasses
 import inspect
+import logging
 import os
 import re
 import textwrap
@@ -596,3 +597,21 @@ def test_ticket_store_and_callbacks_are_exclusive(certs: CertSet) -> None:
                               reset_keys=RESET_KEYS, ticket_store=store,
                               session_ticket_fetcher=store.pop,
                               original_destination_connection_id=os.urandom(8))
+
+
+# -- aioquic's debug log --------------------------------------------------------------------
+
+def test_debug_lines_cost_nothing_when_debug_is_off(certs: CertSet,
+                                                    caplog: pytest.LogCaptureFixture) -> None:
+    make = managed_factory(certs, issuer=CidIssuer(length=8))
+    caplog.set_level(logging.INFO, logger="quic")
+    quiet = make(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8))
+    quiet._logger.debug("stream %d created", 4)
+    quiet._logger.info("kept %s", "info")
+    assert [r.getMessage() for r in caplog.records if r.name == "quic"] == [
+        f"[{quiet._logger.extra['id']}] kept info"]
+    caplog.clear()
+    caplog.set_level(logging.DEBUG, logger="quic")
+    loud = make(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8))
+    loud._logger.debug("stream %d created", 4)
+    assert any("stream 4 created" in r.getMessage() for r in caplog.records)
