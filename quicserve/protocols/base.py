@@ -171,6 +171,12 @@ class QuicAdapter(Protocol):
         ``send_body`` waiters whose stream's pending data fell below the
         high-water mark."""
 
+    def begin_shutdown(self) -> None:
+        """The first step of a graceful shutdown, about one round trip
+        before :meth:`shutdown`: H3 sends GOAWAY with the largest stream ID
+        (RFC 9114 section 5.2), so requests already on their way are still
+        served; nothing else changes."""
+
     def shutdown(self) -> None:
         """Graceful: H3 sends GOAWAY; in-flight streams go on."""
 

@@ -44,9 +44,12 @@ session calls :meth:`H3Adapter.flush_held` before every flush, so a head
 with no body behind it yet (a WebSocket accept, a slow first chunk) still
 leaves in the loop turn it was written in.
 
-Graceful shutdown: :meth:`H3Adapter.shutdown` sends GOAWAY naming the first
-stream not yet seen; later streams are refused (H3_REQUEST_REJECTED); once
-the last stream ends the connection is closed with H3_NO_ERROR.
+Graceful shutdown takes RFC 9114's two steps: :meth:`H3Adapter.begin_shutdown`
+sends GOAWAY with the largest client stream ID (the client stops opening
+streams, and those already on their way are still served); about one round
+trip later :meth:`H3Adapter.shutdown` sends GOAWAY naming the first stream
+not yet seen; later streams are refused (H3_REQUEST_REJECTED); once the last
+stream ends the connection is closed with H3_NO_ERROR.
 
 The adapter never touches a socket, a timer or a clock (time for the Date
 header comes from ``ctx.clock``), and every write is followed by
@@ -128,6 +131,9 @@ _TRANSITIONS: dict[tuple[StreamState, StreamEvent], StreamState] = {
 }
 #: ``:status`` values, encoded once.
 _STATUS = {code: str(code).encode() for code in range(100, 600)}
+#: The largest client-initiated bidirectional stream ID: a GOAWAY naming it
+#: announces a shutdown without refusing any stream (RFC 9114 section 5.2).
+MAX_GOAWAY_STREAM_ID = 2 ** 62 - 4
 
 _RECEIVING = frozenset({StreamState.OPEN, StreamState.RESPONSE_DONE})
 _SENDING = frozenset({StreamState.OPEN, StreamState.REQUEST_DONE})
@@ -253,6 +259,8 @@ class H3Adapter:
         #: The lowest request stream ID not seen yet (what GOAWAY names).
         self._next_stream_id = 0
         self._goaway_at: int | None = None
+        #: The first, stream-limit-free GOAWAY of a two-step shutdown went out.
+        self._goaway_announced = False
         #: After GOAWAY: streams (and the control stream) whose last bytes are
         #: not acknowledged yet.  CONNECTION_CLOSE waits for them, or aioquic
         #: would drop their tail.
@@ -285,6 +293,17 @@ class H3Adapter:
             buffered = self._session.stream_send_buffered
             self._flushing = {sid for sid in self._flushing if buffered(sid) > 0}
             self._close_if_done()
+
+    def begin_shutdown(self) -> None:
+        if self._goaway_at is not None or self._goaway_announced:
+            return
+        self._goaway_announced = True
+        control = self._h3.send_goaway(MAX_GOAWAY_STREAM_ID)
+        if control is not None:
+            self._flushing.add(control)
+        log.error_logger.debug("HTTP/3 GOAWAY %d sent (shutdown announced)",
+                               MAX_GOAWAY_STREAM_ID)
+        self._session.mark_dirty()
 
     def shutdown(self) -> None:
         if self._goaway_at is not None:

@@ -385,6 +385,9 @@ class HqAdapter:
             self._flushing = {sid for sid in self._flushing if buffered(sid) > 0}
             self._close_if_done()
 
+    def begin_shutdown(self) -> None:
+        pass  # (hq has no GOAWAY: nothing to announce)
+
     def shutdown(self) -> None:
         self._draining = True
         self._close_if_done()

@@ -221,6 +221,18 @@ class QuicSession:
         self._process_events()
         return self.datagrams_to_send(now)
 
+    def begin_shutdown(self) -> None:
+        """Announce a graceful shutdown (H3: GOAWAY with the largest stream
+        ID); :meth:`shutdown` follows about one round trip later."""
+        if self._adapter is not None:
+            self._adapter.begin_shutdown()
+            self._owner.session_dirty(self)
+
+    def smoothed_rtt(self) -> float:
+        """The connection's smoothed RTT estimate (the initial RTT until the
+        first sample), in seconds."""
+        return self._quic.smoothed_rtt()
+
     def shutdown(self) -> None:
         """Graceful: GOAWAY (H3); the adapter closes once its streams are done."""
         if self._adapter is not None:

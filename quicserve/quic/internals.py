@@ -355,6 +355,14 @@ class ManagedQuicConnection(QuicConnection):
             builder.quic_logger_frames.append(quic_logger.encode_max_stream_data_frame(
                 maximum=stream.max_stream_data_local, stream_id=stream.stream_id))
 
+    def smoothed_rtt(self) -> float:
+        """aioquic's smoothed RTT, or the configured initial RTT before the
+        first sample."""
+        loss = _require(self, "_loss")
+        if not loss._rtt_initialized:
+            return float(self._configuration.initial_rtt)
+        return float(loss._rtt_smoothed)
+
     @property
     def pacing_blocked(self) -> bool:
         """The last ``datagrams_to_send`` stopped because the pacer said wait

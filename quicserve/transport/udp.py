@@ -74,6 +74,10 @@ if TYPE_CHECKING:
 #: Datagrams one session may send in one flush by taking further pacer
 #: bursts that are already due: one GSO batch (64 segments).
 FLUSH_BUDGET = 64
+#: How long the first GOAWAY of a graceful shutdown stands before the second:
+#: twice the largest smoothed RTT among the connections, within these bounds.
+_GOAWAY_WAIT_MIN = 0.05
+_GOAWAY_WAIT_MAX = 1.0
 
 
 class DatagramIO(Protocol):
@@ -117,6 +121,8 @@ class UdpEndpoint:
         self._flush_scheduled = False
         self._timers: dict[QuicSession, tuple[float, asyncio.TimerHandle]] = {}
         self._closing = False
+        #: Between the two GOAWAYs of a graceful shutdown: the second step.
+        self._final_shutdown: asyncio.TimerHandle | None = None
         self._all_closed = asyncio.Event()
         self._all_closed.set()
         self._addresses: list[tuple[str, int] | str] = []
@@ -253,8 +259,26 @@ class UdpEndpoint:
         self._router.accepting = False
 
     def shutdown(self) -> None:
+        # RFC 9114 section 5.2's two steps: announce (GOAWAY with the largest
+        # stream ID), then, once requests the clients sent before hearing it
+        # have had a round trip to arrive, GOAWAY naming the first stream
+        # not seen, after which new streams are refused.
+        if self._closing:
+            return
         self.stop_accepting()
         self._closing = True
+        sessions = list(self._sessions)
+        if not sessions:
+            return
+        for session in sessions:
+            session.begin_shutdown()
+        rtt = max(session.smoothed_rtt() for session in sessions)
+        delay = min(_GOAWAY_WAIT_MAX, max(_GOAWAY_WAIT_MIN, 2 * rtt))
+        self._final_shutdown = self._loop.call_at(self._loop.time() + delay,
+                                                  self._shutdown_sessions)
+
+    def _shutdown_sessions(self) -> None:
+        self._final_shutdown = None
         for session in list(self._sessions):
             session.shutdown()
 
@@ -266,6 +290,9 @@ class UdpEndpoint:
     def abort(self) -> None:
         self.stop_accepting()
         self._closing = True
+        if self._final_shutdown is not None:
+            self._final_shutdown.cancel()
+            self._final_shutdown = None
         for session in list(self._sessions):
             session.abort()
         self._flush()

@@ -21,6 +21,7 @@ from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.packet import QuicErrorCode, QuicProtocolVersion
 
 from quicserve.config import Config
+from quicserve.protocols.h3 import MAX_GOAWAY_STREAM_ID
 from quicserve.quic.connection import stream_send_buffered, stream_send_pending
 from tests.support import apps
 from tests.support.certs import CertSet
@@ -370,7 +371,7 @@ def goaway_ids(client: H3Client) -> list[int]:
     return found
 
 
-def test_shutdown_sends_goaway_finishes_streams_then_closes(certs: CertSet) -> None:
+def test_shutdown_sends_two_goaways_finishes_streams_then_closes(certs: CertSet) -> None:
     gate = asyncio.Event()
 
     async def main() -> None:
@@ -380,7 +381,12 @@ def test_shutdown_sends_goaway_finishes_streams_then_closes(certs: CertSet) -> N
         await h.run(lambda: h.stats.app_tasks == 1)
         h.endpoint.shutdown()
         await h.settle(5)
-        assert goaway_ids(client) == [4]
+        # RFC 9114's two steps: first the largest stream ID, which refuses
+        # nothing; a round trip later the first stream not seen.
+        assert goaway_ids(client) == [MAX_GOAWAY_STREAM_ID]
+        between = client.request("POST", "/", body=b"between")
+        await h.run(lambda: len(goaway_ids(client)) == 2)
+        assert goaway_ids(client) == [MAX_GOAWAY_STREAM_ID, 8]
         late = client.request("POST", "/", body=b"too late")
         await h.run(done(client, late))
         assert client.response(late).reset_code == H3ErrorCode.H3_REQUEST_REJECTED
@@ -388,6 +394,7 @@ def test_shutdown_sends_goaway_finishes_streams_then_closes(certs: CertSet) -> N
         gate.set()
         await h.run(lambda: client.terminated is not None)
         assert bytes(client.response(first).body) == b"in flight"
+        assert bytes(client.response(between).body) == b"between"
         assert client.terminated.error_code == H3ErrorCode.H3_NO_ERROR
         await h.run(lambda: session_count(h) == 0)
         await asyncio.wait_for(h.endpoint.wait_closed(), 1)
