@@ -81,6 +81,7 @@ import h2.connection
 import h2.events
 import h2.exceptions
 from h2.config import H2Configuration
+from h2.connection import ConnectionState
 from h2.errors import ErrorCodes
 from h2.settings import SettingCodes, Settings
 
@@ -590,8 +591,22 @@ class H2Adapter:
             self._wake_all()
 
     def _on_goaway(self, event: h2.events.ConnectionTerminated) -> None:
-        # h2 refuses to send anything after a GOAWAY from the peer, so the
-        # in-flight streams cannot be finished: abort them.
+        # A client's GOAWAY says it opens no more streams; those already open
+        # still get their responses (RFC 9113 section 6.8).  The h2 library
+        # moves its state machine to CLOSED on any received GOAWAY and would
+        # refuse to send, so after a NO_ERROR GOAWAY with streams open its
+        # state goes back to SERVER_OPEN (the transition's only effect; the
+        # library also dropped what it had not handed out yet, which
+        # data_received flushes before feeding it input) and the connection
+        # drains as in shutdown(), without a GOAWAY of ours: the client is
+        # the one leaving.  An error GOAWAY ends everything now.
+        state_machine = self._h2.state_machine
+        if (event.error_code == ErrorCodes.NO_ERROR and self._streams
+                and self._state is _ConnState.OPEN
+                and state_machine.state is ConnectionState.CLOSED):
+            state_machine.state = ConnectionState.SERVER_OPEN
+            self._state = _ConnState.DRAINING
+            return
         self._close(abort_reason="the client sent GOAWAY", goaway=None)
 
     # -- internals -------------------------------------------------------------------------

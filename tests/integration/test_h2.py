@@ -210,3 +210,31 @@ def test_access_log_names_http2(certs: CertSet) -> None:
             time.sleep(0.05)
         assert any('"GET /hello?x=1 HTTP/2" 200' in line for line in process.stdout_lines), \
             process.stdout_lines
+
+
+def test_a_client_goaway_lets_the_open_streams_finish(certs: CertSet) -> None:
+    """RFC 9113 section 6.8: after the client's GOAWAY (NO_ERROR) the request
+    it already sent is still answered in full, then the connection closes."""
+    from tests.support.server import ThreadedServer
+
+    with ThreadedServer(bind=["127.0.0.1:0"], access_log=False) as server:
+        host, port = server.address()
+
+        async def main() -> tuple[int, bytes, bool]:
+            client = await _H2Socket.open(host, port, ssl_context=None)
+            await client.wait(lambda: client.settings_received.is_set())
+            request = asyncio.ensure_future(client.request("GET", "/slow?s=0.3"))
+            await asyncio.sleep(0.1)
+            # GOAWAY(last stream 0, NO_ERROR), written raw: the h2 library's
+            # client would stop reading after sending one.
+            client.writer.write(b"\x00\x00\x08\x07\x00\x00\x00\x00\x00" + bytes(8))
+            status, _, body = await request
+            for _ in range(500):
+                if client.closed:
+                    break
+                await asyncio.sleep(0.01)
+            return status, body, client.closed
+
+        status, body, closed = asyncio.run(asyncio.wait_for(main(), 20))
+    assert (status, body) == (200, b"slow done")
+    assert closed, "the server kept the connection open after the last stream"

@@ -16,6 +16,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+from h2.errors import ErrorCodes
 import pytest
 from h2.errors import ErrorCodes
 
@@ -597,11 +598,30 @@ def test_busy_connection_is_not_closed_by_the_idle_timer() -> None:
     assert pair.link.timer == 7.0, "idle again: the keep-alive timer is re-armed"
 
 
-def test_client_goaway_aborts_streams_and_closes() -> None:
+def test_client_goaway_lets_open_streams_finish_then_closes() -> None:
+    """RFC 9113 section 6.8: the client opens no more streams, but the one it
+    opened still gets its response; then the connection closes."""
     pair = connect()
     pair.client.request("GET", "/")
     pair.client.exchange()
     pair.client.conn.close_connection()
+    pair.client.exchange()
+    handler = pair.factory.last
+    assert handler.aborted is None and not pair.link.closed
+    pair.link.take()
+    handler.sink.send_head(200, [(b"content-length", b"2")])
+    run_now(handler.sink.send_body(b"ok", True))
+    # (the h2 library's client stops parsing after its own GOAWAY: raw bytes)
+    written = pair.link.take()
+    assert written.endswith(b"\x00\x00\x02\x00\x01\x00\x00\x00\x01ok")  # DATA, END_STREAM
+    assert pair.link.closed and handler.aborted is None
+
+
+def test_client_goaway_with_an_error_aborts_streams_and_closes() -> None:
+    pair = connect()
+    pair.client.request("GET", "/")
+    pair.client.exchange()
+    pair.client.conn.close_connection(error_code=ErrorCodes.PROTOCOL_ERROR)
     pair.client.exchange()
     assert pair.factory.last.aborted is not None
     assert pair.link.closed
