@@ -334,6 +334,9 @@ class Config:
     read_timeout: float = opt(30.0, "seconds a client may take to send a whole request head, "
                               "or between two body reads the app waits for",
                               parse=_to_float, check=_positive, metavar="SECONDS")
+    write_timeout: float = opt(60.0, "seconds a TCP client may leave the server's send buffer "
+                               "full without reading (HTTP/1.1 and HTTP/2); then it is closed",
+                               parse=_to_float, check=_positive, metavar="SECONDS")
     graceful_timeout: float = opt(30.0, "seconds in-flight requests get to finish on shutdown",
                                   parse=_to_float, check=_non_negative, metavar="SECONDS")
     h11_max_incomplete_size: int = opt(16384, "largest HTTP/1.1 request head in bytes (431 beyond)",

@@ -24,7 +24,9 @@ What the transport owns:
 * Write backpressure: asyncio calls ``pause_writing``/``resume_writing``
   around its buffer's high/low-water marks; ``wait_writable`` waits on one
   future per waiting writer (no polling) and raises ``StreamClosed`` when the
-  connection is lost.
+  connection is lost.  A writer left waiting ``--write-timeout`` seconds (the
+  client reads nothing) has the connection reset (SO_LINGER 0, so the kernel
+  drops what it still holds for that client).
 * Read backpressure: ``pause_reading``/``resume_reading`` on the transport.
 * One send per loop turn: ``write`` gathers what the adapters write in a turn
   and a ``call_soon`` callback hands it to asyncio at once (a WebSocket echo
@@ -52,6 +54,7 @@ import errno
 import itertools
 import socket
 import ssl
+import struct
 from typing import Any, Callable, cast
 
 from .. import log
@@ -390,7 +393,32 @@ class TcpConnection(asyncio.Protocol):
             return
         waiter = self._loop.create_future()
         self._waiters.append(waiter)
-        await waiter
+        timeout = self._listener.ctx.options.write_timeout
+        # (one timer per blocked write, never on the fast path above)
+        expiry = self._loop.call_later(timeout, self._write_timed_out, waiter)
+        try:
+            await waiter
+        finally:
+            expiry.cancel()
+
+    def _write_timed_out(self, waiter: asyncio.Future[None]) -> None:
+        """The client has not read for ``--write-timeout`` seconds while a
+        write waits: drop the connection (its streams hear a disconnect)."""
+        if waiter.done() or self._closed:
+            return
+        log.error_logger.info("closing a TCP connection from %s: the client read nothing "
+                              "for %g s (--write-timeout)",
+                              self._info.client if self._info is not None else "?",
+                              self._listener.ctx.options.write_timeout)
+        # An RST now, not a FIN queued behind megabytes the kernel would go
+        # on offering to a client that does not read.
+        sock = self._transport.get_extra_info("socket") if self._transport else None
+        if sock is not None:
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+            except (OSError, AttributeError):  # (a loop's socket stand-in may refuse)
+                pass
+        self.abort()
 
     def set_timeout(self, seconds: float | None) -> None:
         if seconds is None:

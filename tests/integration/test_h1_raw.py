@@ -327,3 +327,33 @@ def test_backtracking_bait_is_400_at_once(default_limits: tuple[str, int],
     # (0.2 s: bare h11 takes 0.27 s on the chunk-size line, over 1 s on the others)
     assert elapsed < 0.2
     assert len(other) == 20 and max(other) < 0.2
+
+
+def test_a_client_that_stops_reading_is_closed_after_write_timeout() -> None:
+    """A client asks for a large response and reads nothing: once the
+    server's send buffer is full and ``write_timeout`` passes without a byte
+    read, the connection is dropped (the app hears a disconnect) and the
+    server stays free for others."""
+    total = 2000 * 65536
+    with ThreadedServer(insecure_bind=["127.0.0.1:0"], write_timeout=1.0,
+                        access_log=False, graceful_timeout=2) as server:
+        address = server.address()
+        sock = socket.create_connection(address, timeout=20)
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        try:
+            sock.sendall(b"GET /stream?n=2000&size=65536 HTTP/1.1\r\nHost: t\r\n\r\n")
+            started = time.monotonic()
+            time.sleep(2.0)
+            assert_other_client_served(address)
+            time.sleep(0.5)
+            received = 0
+            try:
+                while chunk := sock.recv(1 << 20):
+                    received += len(chunk)
+            except ConnectionResetError:
+                pass
+            elapsed = time.monotonic() - started
+        finally:
+            sock.close()
+    assert received < total, "the whole response went out: nothing timed out"
+    assert elapsed < 10, "reading to EOF took too long: the connection was not dropped"

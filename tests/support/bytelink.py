@@ -51,6 +51,7 @@ class Options:
     h2_flood_window: float = 10.0
     h2_max_control_frames_per_window: int = 1000
     h2_stalled_window_timeout: float = 30.0
+    write_timeout: float = 60.0
     quic_0rtt_unsafe: bool = False
     stream_high_water: int = 65536
 
