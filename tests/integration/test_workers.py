@@ -460,12 +460,15 @@ def test_killed_worker_restarts_and_its_clients_get_a_stateless_reset(
         victim_dir.mkdir()
         survivor = client(server.udp_port, "/stream?n=400&size=65536", tmp_path / "a.out",
                           f"--dcid={PIN[0]}", f"--download={survivor_dir}")
+        # A client with nothing in flight sends nothing after the kill, and no
+        # server can answer silence: the victim's flow-control updates
+        # (ack-eliciting) usually are in flight, but one may have just been
+        # acknowledged.  So the victim also moves to a new local port 4 s
+        # into the connection, well after the kill: the probe it then sends
+        # meets the restarted worker either way.
         victim = client(server.udp_port, "/stream?n=16000&size=65536", tmp_path / "b.out",
-                        f"--dcid={PIN[1]}", f"--download={victim_dir}")
-        # Kill once the victim is well into its download: by then it keeps
-        # flow-control updates (ack-eliciting) in flight, whose retransmission
-        # after the kill meets the restarted worker.  A client with nothing in
-        # flight sends nothing, and no server can answer silence.
+                        f"--dcid={PIN[1]}", f"--download={victim_dir}",
+                        "--change-local-addr=4s")
         _wait_until(lambda: _size(victim_dir) > 3_000_000)
         os.kill(pids[1], signal.SIGKILL)
         killed_at = time.monotonic()
