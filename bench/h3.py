@@ -32,6 +32,7 @@ if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench import aioquic_baseline, ngtcp2
+from bench.apps import lifespan
 from bench.common import BenchContext, Group, Server, free_port, interleave, standalone
 
 TITLE = "HTTP/3"
@@ -59,13 +60,8 @@ async def app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, A
               send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
     """``/32m``: 32 MiB in ``CHUNK``-byte messages; anything else: 13 bytes."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] != "http":
         return
     if scope["path"] != ngtcp2.BIG_PATH:

@@ -29,6 +29,7 @@ from typing import Any, Awaitable, Callable
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.apps import lifespan
 from bench.common import BenchContext, Group, Server, free_port, interleave, make_context, render
 
 TITLE = "WebSocket"
@@ -46,13 +47,8 @@ async def echo(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str, 
                send: Callable[[dict[str, Any]], Awaitable[None]]) -> None:
     """Accept and echo every message; acknowledge lifespan."""
     if scope["type"] == "lifespan":
-        while True:
-            message = await receive()
-            if message["type"] == "lifespan.startup":
-                await send({"type": "lifespan.startup.complete"})
-            elif message["type"] == "lifespan.shutdown":
-                await send({"type": "lifespan.shutdown.complete"})
-                return
+        await lifespan(receive, send)
+        return
     if scope["type"] != "websocket":
         return
     await receive()  # websocket.connect

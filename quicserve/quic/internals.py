@@ -129,6 +129,14 @@ _EPOCH_SETS: dict[frozenset[tls.Epoch], frozenset[tls.Epoch]] = {}
 AIOQUIC_DEFAULT_MAX_STREAMS_BIDI = 128
 
 
+def _unmanaged_limit_due(stream: Any) -> bool:
+    """aioquic's own two conditions for writing MAX_STREAM_DATA: the limit
+    differs from what was sent, or half of it has arrived (it then doubles)."""
+    local = stream.max_stream_data_local
+    return bool(local != stream.max_stream_data_local_sent
+                or (local and stream.receiver.highest_offset * 2 > local))
+
+
 class _NoDebugAdapter(_aioquic_connection.QuicConnectionAdapter):
     """aioquic's per-connection log adapter, with ``debug`` a no-op."""
 
@@ -303,34 +311,34 @@ class ManagedQuicConnection(QuicConnection):
             # only when the limit is due to double or differs from what was
             # sent -- its two conditions, pinned in test_internals.py -- so
             # the call is skipped otherwise (~1.3 us per packet with H3's six).
-            local = stream.max_stream_data_local
-            if (local != stream.max_stream_data_local_sent
-                    or (local and stream.receiver.highest_offset * 2 > local)):
+            if _unmanaged_limit_due(stream):
                 super()._write_stream_limits(builder, space, stream)
             return
-        window = self._configuration.max_stream_data
-        receiver = stream.receiver
-        if stream.max_stream_data_local and not receiver.is_finished:
-            target = receiver.starting_offset() - held + window
-            if (target - stream.max_stream_data_local) * 2 >= window:
-                stream.max_stream_data_local = target
+        target = self._raised_limit(stream, held)
+        if target is not None:
+            stream.max_stream_data_local = target
         if stream.max_stream_data_local_sent != stream.max_stream_data_local:
             self._write_max_stream_data_frame(builder, stream)
 
     def stream_limit_due(self, stream: Any) -> bool:
         """Whether :meth:`_write_stream_limits` could write a frame for
         ``stream`` now (it may still decide not to); changes nothing."""
-        local = stream.max_stream_data_local
-        if local != stream.max_stream_data_local_sent:
-            return True
         held = self._held.get(stream.stream_id)
-        receiver = stream.receiver
         if held is None:
-            return bool(local and receiver.highest_offset * 2 > local)
+            return _unmanaged_limit_due(stream)
+        return (stream.max_stream_data_local != stream.max_stream_data_local_sent
+                or self._raised_limit(stream, held) is not None)
+
+    def _raised_limit(self, stream: Any, held: int) -> int | None:
+        """A managed stream's new receive limit once at least half a window
+        is due (``delivered - held + window``), else None."""
+        local = stream.max_stream_data_local
+        receiver = stream.receiver
         if not local or receiver.is_finished:
-            return False
+            return None
         window = self._configuration.max_stream_data
-        return bool((receiver.starting_offset() - held + window - local) * 2 >= window)
+        target: int = receiver.starting_offset() - held + window
+        return target if (target - local) * 2 >= window else None
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
         # One stream's data and nothing else due: quic/bulk.py builds the

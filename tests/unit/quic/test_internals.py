@@ -603,15 +603,19 @@ def test_ticket_store_and_callbacks_are_exclusive(certs: CertSet) -> None:
 
 def test_debug_lines_cost_nothing_when_debug_is_off(certs: CertSet,
                                                     caplog: pytest.LogCaptureFixture) -> None:
+    """With debug off when the connection is made, its debug calls never
+    reach logging -- even once debug is switched on (the choice is made per
+    connection); info still logs, and a connection made with debug on logs
+    its debug lines."""
     make = managed_factory(certs, issuer=CidIssuer(length=8))
     caplog.set_level(logging.INFO, logger="quic")
     quiet = make(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8))
-    quiet._logger.debug("stream %d created", 4)
+    caplog.set_level(logging.DEBUG, logger="quic")
+    quiet._logger.debug("quiet stream %d created", 4)
     quiet._logger.info("kept %s", "info")
     assert [r.getMessage() for r in caplog.records if r.name == "quic"] == [
         f"[{quiet._logger.extra['id']}] kept info"]
     caplog.clear()
-    caplog.set_level(logging.DEBUG, logger="quic")
     loud = make(b"\xc0\x00\x00\x00\x01\x08" + os.urandom(8))
-    loud._logger.debug("stream %d created", 4)
-    assert any("stream 4 created" in r.getMessage() for r in caplog.records)
+    loud._logger.debug("loud stream %d created", 4)
+    assert any("loud stream 4 created" in r.getMessage() for r in caplog.records)
