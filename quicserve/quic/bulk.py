@@ -1,4 +1,4 @@
-"""The bulk send path: 1-RTT packets of one stream's data, built without
+"""The bulk send path: 1-RTT packets of stream data, built without
 aioquic's general packet builder.
 
 Theory of operation
@@ -10,30 +10,37 @@ path validation, HANDSHAKE_DONE, connection IDs, limits of the connection
 and of *every* stream, PING, CRYPTO, DATAGRAM, then each stream in turn),
 and the builder seals the packet.  For a large response that is ~40 us of
 Python per 1.3 KB packet, and it is most of the server's CPU in a download
-(issue 6: the 32 MiB download must reach 2x Hypercorn).
+(issue 6: the 32 MiB download must reach 2x Hypercorn); for many small
+responses at once, every packet walks every open stream twice.
 
-While a connection is in the steady state of a download nothing but one
-stream's data (and perhaps an ACK) is due, so :func:`write_bulk` checks that
-once per flush and then writes each packet directly: short header, the ACK
-in the first packet when one is due, one STREAM frame taken from
-aioquic's own stream sender (so retransmission of lost ranges, FIN and
-acknowledgement stay aioquic's), AEAD and header protection with the
-connection's 1-RTT keys, and a :class:`QuicSentPacket` carrying the same
-delivery handler aioquic would register.  The packets go into the builder's
-output lists, so ``_flush_builder`` registers them with loss recovery and
-congestion control exactly like the ones aioquic builds; pacing and the
-congestion window are applied per packet as in ``_write_application``.
+In the steady state of a server nothing but stream data, perhaps an ACK and
+now and then a MAX_DATA/MAX_STREAMS update is due, so :func:`write_bulk`
+checks that once per flush and then writes each packet directly: short
+header; in the first packet the ACK and the connection-limit frames
+(decided exactly as aioquic's ``_write_connection_limits`` decides them);
+then STREAM frames taken from aioquic's own stream senders (so
+retransmission of lost ranges, FIN and acknowledgement stay aioquic's), the
+streams in aioquic's service order, each filling what is left of the packet
+before the next starts; AEAD and header protection with the connection's
+1-RTT keys; and a :class:`QuicSentPacket` carrying the same delivery
+handlers aioquic would register.  Finished streams are discarded first, as
+aioquic does on its way through the queue, and the streams that sent move
+to the back of it.  The packets go into the builder's output lists, so
+``_flush_builder`` registers them with loss recovery and congestion control
+exactly like the ones aioquic builds; pacing, the congestion window and the
+peer's MAX_DATA/MAX_STREAM_DATA are applied per packet as in
+``_write_application``.
 
 Whenever anything else could be due -- an ACK of several ranges (aioquic
-may add a PING to it), a control frame, a limit
-update, a finished, reset or stopped stream, a second stream with data, a
-key update, a qlog trace, an unvalidated path -- :func:`write_bulk` returns
-False before touching anything and aioquic's own path builds the packets.
-The checks mirror aioquic 1.7's ``_write_application`` and
-``_write_connection_limits`` and quicserve's ``_write_stream_limits``;
-``tests/unit/quic/test_bulk.py`` pins the private names used here and
-proves, against a real aioquic client over a lossy in-memory link, that the
-data arrives intact and that the bulk path carried most of it.
+may add a PING to it), another control frame, a stream's MAX_STREAM_DATA, a
+reset or stopped stream, a key update, a qlog trace, an unvalidated path --
+:func:`write_bulk` returns False before touching anything and aioquic's own
+path builds the packets.  The checks mirror aioquic 1.7's
+``_write_application`` and ``_write_connection_limits`` and quicserve's
+``_write_stream_limits``; ``tests/unit/quic/test_bulk.py`` pins the private
+names used here and proves, against a real aioquic client over a lossy
+in-memory link, that the data arrives intact, that streams are recycled
+and that the bulk path carried most of it.
 
 This module does no I/O and reads no clock; like ``internals.py`` it is
 allowed to touch aioquic's private state.
@@ -45,6 +52,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioquic import tls
 from aioquic.buffer import Buffer  # type: ignore[attr-defined]
+from aioquic.quic.connection import stream_is_client_initiated
 from aioquic.quic.packet import PACKET_FIXED_BIT, QuicFrameType, QuicPacketType, push_ack_frame
 from aioquic.quic.packet_builder import QuicSentPacket
 
@@ -68,18 +76,21 @@ _ACK_CAPACITY = 1 + 4 * 8
 
 
 def write_bulk(conn: ManagedQuicConnection, builder: Any, network_path: Any, now: float) -> bool:
-    """Build this flush's packets for the one stream with data, if nothing
-    else is due; return False (having changed nothing) otherwise."""
-    stream = _bulk_stream(conn, builder, network_path, now)
-    if stream is None:
+    """Build this flush's packets when only stream data (and perhaps an ACK
+    or a connection-level limit) is due; return False, having changed
+    nothing, otherwise."""
+    ready = _ready_streams(conn, builder, network_path, now)
+    if ready is None:
         return False
-    _write_packets(conn, builder, stream, now)
+    _write_packets(conn, builder, ready, _connection_limit_frames(conn), now)
     return True
 
 
-def _bulk_stream(conn: ManagedQuicConnection, builder: Any, network_path: Any,
-                 now: float) -> Any:
-    """The single stream whose data is all there is to send, or None."""
+def _ready_streams(conn: ManagedQuicConnection, builder: Any, network_path: Any,
+                   now: float) -> list[Any] | None:
+    """The streams with data to send, in aioquic's service order, once the
+    finished ones are discarded; None (nothing changed) when anything this
+    path does not write is due."""
     if (conn._quic_logger is not None or not conn._handshake_confirmed
             or builder._packet is not None or builder._buffer.tell()
             or builder._datagram_needs_padding
@@ -101,33 +112,60 @@ def _bulk_stream(conn: ManagedQuicConnection, builder: Any, network_path: Any,
     for connection_id in conn._host_cids:
         if not connection_id.was_sent:
             return None
-    if _connection_limit_due(conn):
-        return None
-    found = None
+    ready = []
+    finished = []
+    stream_limit_due = conn.stream_limit_due
     for stream in conn._streams_queue:
         sender = stream.sender
-        if (stream.is_finished or stream.receiver.stop_pending or sender.reset_pending
-                or conn.stream_limit_due(stream)):
+        if stream.receiver.stop_pending or sender.reset_pending or stream_limit_due(stream):
             return None
-        if not stream.is_blocked and not sender.buffer_is_empty:
-            if found is not None:
-                return None
-            found = stream
-    return found
+        if stream.is_finished:
+            finished.append(stream)
+        elif not stream.is_blocked and not sender.buffer_is_empty:
+            ready.append(stream)
+    if finished:
+        _discard(conn, finished)
+    return ready
 
 
-def _connection_limit_due(conn: ManagedQuicConnection) -> bool:
-    """Whether aioquic's ``_write_connection_limits`` would write a frame."""
+def _discard(conn: ManagedQuicConnection, finished: list[Any]) -> None:
+    """Forget finished streams, as ``_write_application`` does on its way
+    through the queue; each one the peer opened lets it open another (the
+    MAX_STREAMS frame follows from :func:`_connection_limit_frames`)."""
+    streams = conn._streams
+    is_client = conn._is_client
+    for stream in finished:
+        stream_id = stream.stream_id
+        del streams[stream_id]
+        if stream_is_client_initiated(stream_id) != is_client:
+            conn._stream_limit(stream_id).value += 1
+    gone = set(finished)
+    conn._streams_queue = [stream for stream in conn._streams_queue if stream not in gone]
+
+
+def _connection_limit_frames(conn: ManagedQuicConnection) -> list[tuple[bytes, Any]]:
+    """MAX_DATA / MAX_STREAMS frames due now, with their delivery handlers,
+    exactly as aioquic's ``_write_connection_limits`` decides them (marking
+    them sent)."""
     max_data = conn._local_max_data
-    if max_data.used * 2 > max_data.value or max_data.value != max_data.sent:
-        return True
-    for limit in (conn._local_max_streams_bidi, conn._local_max_streams_uni):
-        if limit.value != limit.sent and limit.sent - limit.used < limit.value - limit.sent:
-            return True
-    return False
+    if max_data.used * 2 > max_data.value:
+        max_data.value *= 2
+    frames = []
+    for limit in (max_data, conn._local_max_streams_bidi, conn._local_max_streams_uni):
+        if limit is not max_data and limit.sent - limit.used >= limit.value - limit.sent:
+            continue  # (aioquic batches MAX_STREAMS: not due yet)
+        if limit.value != limit.sent:
+            frames.append((_varint(limit.frame_type) + _varint(limit.value),
+                           (conn._on_connection_limit_delivery, (limit,))))
+            limit.sent = limit.value
+    return frames
 
 
-def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: float) -> None:
+def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
+                   limits: list[tuple[bytes, Any]], now: float) -> None:
+    """The packets: the ACK and limit frames in the first, then the ready
+    streams' data in service order, as many STREAM frames per packet as fit
+    (each stream fills what is left before the next one starts)."""
     crypto = conn._cryptos[_ONE_RTT]
     space = conn._spaces[_ONE_RTT]
     send: Any = crypto.send  # (its aead and hp are set: is_valid() was checked)
@@ -138,56 +176,70 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
     peer_cid = builder._peer_cid
     header_size = 1 + len(peer_cid) + PN_LENGTH
     pacer = conn._loss._pacer
-    sender = stream.sender
-    stream_id = _varint(stream.stream_id)
-    on_delivery = sender.on_data_delivery
     packets = builder._packets
     capacity = builder._buffer_capacity
     flight_left = builder.max_flight_bytes - builder._flight_bytes
     packet_number = builder._packet_number
     ack_due = space.ack_at is not None and space.ack_at <= now
     sealed: list[tuple[bytes, bytes]] = []  # (plain header, protected payload)
-    sent_any = False
+    sent: list[Any] = []
+    index = 0  # the stream in ``ready`` being served
     while True:
+        parts: list[bytes] = []
         handlers: list[tuple[Any, Any]] = []
         if ack_due:
             # An ACK is due: it rides in this packet, which is not paced
             # (as in aioquic), and goes out even without stream data.
-            ack = _ack_frame(conn, space, now)
+            parts.append(_ack_frame(conn, space, now))
             handlers.append((conn._on_ack_delivery, (space, space.largest_received_packet)))
         else:
-            ack = b""
             conn._pacing_at = pacer.next_send_time(now=now)
             if conn._pacing_at is not None:
                 break
-        next_offset = sender.next_offset
-        overhead = 3 + len(stream_id) + (len(_varint(next_offset)) if next_offset else 0)
-        room = min(capacity, flight_left) - header_size - tag_size - overhead - len(ack)
-        if room > _MAX_FRAME_DATA:
-            room = _MAX_FRAME_DATA
-        previous_high = sender.highest_offset
-        frame = sender.get_frame(room, min(
-            previous_high + conn._remote_max_data - conn._remote_max_data_used,
-            stream.max_stream_data_remote))
-        if frame is not None:
+        eliciting = bool(limits)
+        for frame_bytes, handler in limits:
+            parts.append(frame_bytes)
+            handlers.append(handler)
+        limits = []
+        room = min(capacity, flight_left) - header_size - tag_size - sum(map(len, parts))
+        while index < len(ready):
+            stream = ready[index]
+            sender = stream.sender
+            stream_id = _varint(stream.stream_id)
+            next_offset = sender.next_offset
+            overhead = 3 + len(stream_id) + (len(_varint(next_offset)) if next_offset else 0)
+            size = room - overhead
+            if size <= 0:
+                break  # (this packet is full; the stream goes on in the next)
+            if size > _MAX_FRAME_DATA:
+                size = _MAX_FRAME_DATA
+            previous_high = sender.highest_offset
+            frame = sender.get_frame(size, min(
+                previous_high + conn._remote_max_data - conn._remote_max_data_used,
+                stream.max_stream_data_remote))
+            if frame is None:
+                index += 1  # (all sent, or flow control stops it)
+                continue
             data = frame.data
             offset = frame.offset
             frame_type = _STREAM_LEN | (4 if offset else 0) | (1 if frame.fin else 0)
-            payload = b"".join((
-                ack, frame_type.to_bytes(1, "big"), stream_id,
-                _varint(offset) if offset else b"",
-                (len(data) | 0x4000).to_bytes(2, "big"), data))
-            handlers.append((on_delivery, (offset, offset + len(data), frame.fin)))
+            parts.append(b"".join((
+                frame_type.to_bytes(1, "big"), stream_id, _varint(offset) if offset else b"",
+                (len(data) | 0x4000).to_bytes(2, "big"), data)))
+            handlers.append((sender.on_data_delivery, (offset, offset + len(data), frame.fin)))
             conn._remote_max_data_used += sender.highest_offset - previous_high
-        elif ack_due:
-            payload = ack
-        else:
+            room -= overhead + len(data)
+            eliciting = True
+            if not sent or sent[-1] is not stream:
+                sent.append(stream)
+            if len(data) < size and not len(sender._pending) and not sender._pending_eof:
+                index += 1  # (nothing left: no lost range to resend, no FIN)
+        if not parts:
             break
         header = first_byte + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
-        protected = aead_encrypt(payload, header, packet_number)
+        protected = aead_encrypt(b"".join(parts), header, packet_number)
         sealed.append((header, protected))
         size = len(header) + len(protected)
-        eliciting = frame is not None
         packets.append(QuicSentPacket(
             epoch=_ONE_RTT, in_flight=eliciting, is_ack_eliciting=eliciting,
             is_crypto_packet=False, packet_number=packet_number, packet_type=_ONE_RTT_TYPE,
@@ -196,18 +248,20 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, stream: Any, now: 
         if eliciting:
             builder._flight_bytes += size
             flight_left -= size
-            sent_any = True
         packet_number += 1
         pacer.update_after_send(now=now)
         ack_due = False
+        if index >= len(ready):
+            break
     builder._packet_number = packet_number
     if sealed:
         builder._datagrams.extend(_protect_headers(send.hp, sealed))
-    if sent_any:
-        # aioquic's service order: a stream that sent moves to the back.
-        queue = conn._streams_queue
-        queue.remove(stream)
-        queue.append(stream)
+    if sent:
+        # aioquic's service order: the streams that sent move to the back.
+        moved = set(sent)
+        queue = [stream for stream in conn._streams_queue if stream not in moved]
+        queue.extend(sent)
+        conn._streams_queue = queue
 
 
 def _ack_frame(conn: ManagedQuicConnection, space: Any, now: float) -> bytes:

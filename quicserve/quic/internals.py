@@ -62,9 +62,9 @@ here so an aioquic upgrade that moves one fails loudly, naming it.
    early_data extension, so compliant clients resume without 0-RTT.
 
 5. **The bulk send path.**  ``_write_application`` hands a flush to
-   :func:`quicserve.quic.bulk.write_bulk` first; when only one stream's data
-   (and perhaps an ACK) is due, it builds the 1-RTT packets directly, else
-   aioquic's own method runs.  See that module.
+   :func:`quicserve.quic.bulk.write_bulk` first; when only stream data (and
+   perhaps an ACK or a connection-level limit) is due, it builds the 1-RTT
+   packets directly, else aioquic's own method runs.  See that module.
 
 6. **Whether the pacer held the last flush back** (``_pacing_at``), so the
    endpoint can take the next burst in the same loop turn once its time has
@@ -341,8 +341,8 @@ class ManagedQuicConnection(QuicConnection):
         return target if (target - local) * 2 >= window else None
 
     def _write_application(self, builder: Any, network_path: Any, now: float) -> None:
-        # One stream's data and nothing else due: quic/bulk.py builds the
-        # packets; anything else is aioquic's.
+        # Stream data (an ACK, connection limits) and nothing else due:
+        # quic/bulk.py builds the packets; anything else is aioquic's.
         if not write_bulk(self, builder, network_path, now):
             super()._write_application(builder, network_path, now)
 

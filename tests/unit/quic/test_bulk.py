@@ -6,7 +6,7 @@ upgrade that adds a frame kind fails here instead of being skipped silently
 by the bulk path.  The rest move real data over a seeded lossy, reordering
 in-memory link on a fake clock and check it arrives intact, that the bulk
 path built most of the packets, and that it steps aside for what it does not
-handle (several streams, control frames, qlog).
+handle (control frames other than ACK and connection limits, qlog).
 """
 
 from __future__ import annotations
@@ -26,6 +26,7 @@ from aioquic.quic.connection import QuicConnection
 from aioquic.quic.events import StreamDataReceived
 from aioquic.quic.logger import QuicLogger
 from aioquic.quic.packet_builder import QuicSentPacket
+from aioquic.quic.stream import QuicStream
 
 from quicserve.quic import bulk, internals
 from quicserve.quic.cid import CidIssuer, StatelessResetKeys
@@ -75,8 +76,13 @@ def test_pinned_packet_and_crypto_internals(certs: CertSet) -> None:
     server = pair.server
     for name in ("_handshake_confirmed", "_quic_logger", "_local_max_data",
                  "_local_max_streams_bidi", "_local_max_streams_uni", "_on_ack_delivery",
-                 "_local_ack_delay_exponent", "_spin_bit"):
+                 "_local_ack_delay_exponent", "_spin_bit", "_on_connection_limit_delivery",
+                 "_stream_limit"):
         assert hasattr(server, name), f"aioquic QuicConnection.{name} is gone"
+    for limit in (server._local_max_data, server._local_max_streams_bidi):
+        assert {"frame_type", "value", "sent", "used"} <= set(dir(limit))
+    sender = QuicStream(stream_id=0).sender
+    assert len(sender._pending) == 0 and sender._pending_eof is False
     crypto = server._cryptos[bulk._ONE_RTT]
     assert callable(crypto.send.aead.encrypt) and callable(crypto.send.hp._mask)
     assert crypto.send.hp._is_chacha20 is False
@@ -125,6 +131,8 @@ class Pair:
         self.received: dict[int, bytearray] = {}
         self.finished: set[int] = set()
         self.dropped = 0
+        #: Called with each event the server connection produces.
+        self.on_server_event: Callable[[Any], None] | None = None
 
     def _make_server(self, first: bytes) -> None:
         self.server = ManagedQuicConnection(
@@ -148,12 +156,16 @@ class Pair:
             self.server.receive_datagram(data, CLIENT_ADDR, now=self.now)
             moved += 1
         if self.server is not None:
-            while self.server.next_event() is not None:
-                pass
+            event = self.server.next_event()
+            while event is not None:
+                if self.on_server_event is not None:
+                    self.on_server_event(event)
+                event = self.server.next_event()
             outgoing = self.server.datagrams_to_send(now=self.now)
             if len(outgoing) > 2:  # reorder a little, as a real path may
                 outgoing[0], outgoing[1] = outgoing[1], outgoing[0]
             for data, _ in outgoing:
+                assert len(data) <= self.server_configuration.max_datagram_size
                 if self._lost():
                     continue
                 self.client.receive_datagram(data, SERVER_ADDR, now=self.now)
@@ -347,9 +359,10 @@ def test_a_due_ack_goes_out_in_the_first_bulk_packet(certs: CertSet,
     assert bytes(pair.received[other]) == b"d" * 20000
 
 
-def test_two_streams_with_data_go_through_aioquic(certs: CertSet,
-                                                  monkeypatch: pytest.MonkeyPatch) -> None:
-    pair = Pair(certs)
+@pytest.mark.parametrize("loss", [0.0, 0.03])
+def test_two_streams_share_the_bulk_path_and_both_arrive(
+        certs: CertSet, monkeypatch: pytest.MonkeyPatch, loss: float) -> None:
+    pair = Pair(certs, loss=loss, seed=11)
     pair.handshake()
     a = pair.client.get_next_available_stream_id()
     pair.client.send_stream_data(a, b"GET", end_stream=True)
@@ -358,12 +371,52 @@ def test_two_streams_with_data_go_through_aioquic(certs: CertSet,
     pair.run(lambda: all(s in pair.server._streams and
                          pair.server._streams[s].receiver.is_finished for s in (a, b)))
     counting = Counting(monkeypatch)
-    pair.server.send_stream_data(a, b"x" * 50000, end_stream=True)
-    pair.server.send_stream_data(b, b"y" * 50000, end_stream=True)
-    pair.step()
-    assert counting.taken == 0 and counting.declined > 0
+    body_a, body_b = os.urandom(300000), os.urandom(200000)
+    pair.server.send_stream_data(a, body_a, end_stream=True)
+    pair.server.send_stream_data(b, body_b, end_stream=True)
     pair.run(lambda: {a, b} <= pair.finished)
-    assert bytes(pair.received[a]) == b"x" * 50000 and bytes(pair.received[b]) == b"y" * 50000
+    assert bytes(pair.received[a]) == body_a and bytes(pair.received[b]) == body_b
+    assert counting.taken > counting.declined, (counting.taken, counting.declined)
+    needed = (len(body_a) + len(body_b)) / 1150
+    assert pair.server._packet_number < needed * (1.3 if loss else 1.1) + 20
+    pair.run(lambda: pair.server._loss.bytes_in_flight == 0 and not pair.server._streams)
+
+
+@pytest.mark.parametrize("loss", [0.0, 0.02])
+def test_many_small_responses_share_packets_and_streams_are_recycled(
+        certs: CertSet, monkeypatch: pytest.MonkeyPatch, loss: float) -> None:
+    """Small responses on many streams at once, more streams than the
+    initial limit: the bulk path packs several responses per packet,
+    discards the finished streams and writes the MAX_STREAMS frames that let
+    the client open the rest."""
+    pair = Pair(certs, loss=loss, seed=5)
+    pair.handshake()
+    server = pair.server
+    initial_limit = server._local_max_streams_bidi.value
+    answered: set[int] = set()
+
+    def answer(event: Any) -> None:
+        if isinstance(event, StreamDataReceived) and event.end_stream:
+            body = b"response %d" % event.stream_id
+            server.send_stream_data(event.stream_id, body, end_stream=True)
+            answered.add(event.stream_id)
+    pair.on_server_event = answer
+    counting = Counting(monkeypatch)
+    wanted = []
+    for _ in range(initial_limit * 3):
+        sid = pair.client.get_next_available_stream_id()
+        pair.client.send_stream_data(sid, b"GET /", end_stream=True)
+        wanted.append(sid)
+    packets_before = server._packet_number
+    pair.run(lambda: set(wanted) <= pair.finished)
+    for sid in wanted:
+        assert bytes(pair.received[sid]) == b"response %d" % sid
+    assert counting.taken > counting.declined, (counting.taken, counting.declined)
+    assert server._local_max_streams_bidi.sent >= initial_limit * 3
+    if not loss:  # (about 40 bytes per response: dozens share each packet)
+        assert server._packet_number - packets_before < len(wanted) / 4
+    pair.run(lambda: pair.server._loss.bytes_in_flight == 0 and not pair.server._streams)
+    assert len(server._streams_queue) == 0
 
 
 def test_qlog_means_aioquic_builds_every_packet(certs: CertSet,
