@@ -256,6 +256,10 @@ class Server:
 
     def install_signal_handlers(self) -> None:
         """SIGINT/SIGTERM start a graceful shutdown; a second one forces it.
+        SIGHUP is logged and ignored: a process serving alone has nothing to
+        restart it with (``--workers`` or ``--reload`` do), and in a worker
+        the supervisor, which gets the same SIGHUP from a process-group
+        hangup, replaces the workers one at a time.
 
         Only in the main thread (the loop cannot take signals elsewhere); a
         no-op otherwise.
@@ -263,9 +267,11 @@ class Server:
         if threading.current_thread() is not threading.main_thread():
             return
         loop = asyncio.get_running_loop()
-        for signum in (signal.SIGINT, signal.SIGTERM):
+        for signum, handler in ((signal.SIGINT, self._on_signal),
+                                (signal.SIGTERM, self._on_signal),
+                                (signal.SIGHUP, self._on_hangup)):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(signum, self._on_signal, signum)
+                loop.add_signal_handler(signum, handler, signum)
                 self._signals.append(signum)
 
     def remove_signal_handlers(self) -> None:
@@ -287,6 +293,13 @@ class Server:
         else:
             error_log.warning("%s received again: exiting at once", name)
             self.force_shutdown()
+
+    def _on_hangup(self, signum: int) -> None:
+        if self._worker is not None:
+            error_log.info("SIGHUP ignored by the worker: the supervisor restarts workers")
+        else:
+            error_log.warning("SIGHUP ignored: restarting needs --workers N (rolling restart) "
+                              "or --reload; SIGTERM stops the server gracefully")
 
     # -- start-up steps ----------------------------------------------------------------
 
@@ -646,8 +659,9 @@ def run_with_reload(config: Config, argv: Sequence[str]) -> int:
 class _Reloader:
     """The ``--reload`` parent: one child at a time, restarted on changes.
 
-    Waits on three things at once — the next batch of file changes, the
-    child's exit, and a signal — with ``asyncio.wait``; nothing polls.
+    Waits on four things at once — the next batch of file changes, the
+    child's exit, SIGHUP (restart the child now) and SIGINT/SIGTERM — with
+    ``asyncio.wait``; nothing polls.
     """
 
     def __init__(self, command: list[str], dirs: list[str]) -> None:
@@ -655,6 +669,7 @@ class _Reloader:
         self._dirs = dirs
         self._env = dict(os.environ, QUICSERVE_RELOAD="0")
         self._stop = asyncio.Event()
+        self._restart = asyncio.Event()
         self._child: asyncio.subprocess.Process | None = None
         self._signals: list[int] = []
 
@@ -664,24 +679,31 @@ class _Reloader:
         loop = asyncio.get_running_loop()
         for signum in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(signum, self._on_signal, signum)
+        loop.add_signal_handler(signal.SIGHUP, self._restart.set)
         watcher = watchfiles.awatch(*self._dirs, watch_filter=watchfiles.PythonFilter(),
                                     stop_event=self._stop)
         error_log.info("--reload: watching %s", ", ".join(self._dirs))
         await self._spawn()
         change = asyncio.ensure_future(anext(watcher))
         stopping = asyncio.ensure_future(self._stop.wait())
+        hangup = asyncio.ensure_future(self._restart.wait())
         try:
             while True:
                 exited = asyncio.ensure_future(self._child.wait()) if self._child else None
-                waiting = {change, stopping} | ({exited} if exited else set())
+                waiting = {change, stopping, hangup} | ({exited} if exited else set())
                 await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
                 if exited is not None:
                     exited.cancel()
                 if stopping.done():
                     return await self._stop_child(self._signals[0])
-                if change.done():
-                    _log_changes(change)
-                    change = asyncio.ensure_future(anext(watcher))
+                if change.done() or hangup.done():
+                    if change.done():
+                        _log_changes(change)
+                        change = asyncio.ensure_future(anext(watcher))
+                    else:
+                        error_log.info("--reload: SIGHUP received; restarting the server")
+                        self._restart.clear()
+                        hangup = asyncio.ensure_future(self._restart.wait())
                     await self._stop_child(signal.SIGTERM)
                     await self._spawn()
                 elif self._child is not None and self._child.returncode is not None:
@@ -691,6 +713,7 @@ class _Reloader:
         finally:
             change.cancel()
             stopping.cancel()
+            hangup.cancel()
 
     def _on_signal(self, signum: int) -> None:
         if self._stop.is_set() and self._child is not None and self._child.returncode is None:

@@ -3,7 +3,7 @@
 Start-up and exit codes (demo app, bad app, address in use, lifespan startup
 failure), graceful shutdown on SIGTERM (an in-flight request completes, new
 connections are refused, lifespan shutdown runs), the second signal, the
-graceful deadline, the access log, --static, SSLKEYLOGFILE, and --reload.
+graceful deadline, SIGHUP, the access log, --static, SSLKEYLOGFILE, and --reload.
 """
 
 from __future__ import annotations
@@ -170,6 +170,22 @@ def test_second_signal_exits_at_once(tmp_path: Path) -> None:
     assert "again: exiting at once" in server.stderr
 
 
+def test_sighup_without_workers_is_logged_and_ignored() -> None:
+    """Python's default for SIGHUP ends the process; a lone server keeps
+    serving and says what restarts it instead."""
+    with ServerProcess(APP, *LOCAL, "--no-access-log") as server:
+        server.wait_ready()
+        address = server.tcp_address()
+        assert get(address, "/hello") == (200, b"hello")
+        server.send_signal(signal.SIGHUP)
+        wait_until(lambda: any("SIGHUP ignored" in line for line in server.lines))
+        assert get(address, "/hello") == (200, b"hello")
+        assert server.proc is not None and server.proc.poll() is None
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert "restarting needs --workers N" in server.stderr
+
+
 def test_static_directory_without_app(tmp_path: Path) -> None:
     (tmp_path / "index.html").write_text("<h1>static</h1>")
     (tmp_path / "data.txt").write_text("some data")
@@ -227,6 +243,33 @@ def test_reload_restarts_on_python_changes(tmp_path: Path) -> None:
         wait_until(lambda: _body_or_none(str(sock_path)) == b"v2", timeout=20, interval=0.1)
         server.send_signal(signal.SIGTERM)
         assert server.wait() == 0
+
+
+@pytest.mark.skipif(importlib.util.find_spec("watchfiles") is None,
+                    reason="watchfiles is not installed (the reload extra)")
+def test_sighup_restarts_the_reload_child(tmp_path: Path) -> None:
+    module = tmp_path / "pid_app.py"
+    module.write_text(
+        "import os\n"
+        "async def app(scope, receive, send):\n"
+        "    if scope['type'] != 'http':\n"
+        "        return\n"
+        "    await send({'type': 'http.response.start', 'status': 200, 'headers': []})\n"
+        "    await send({'type': 'http.response.body', 'body': str(os.getpid()).encode()})\n")
+    sock_path = tmp_path / "pid.sock"
+    with ServerProcess("pid_app:app", "--reload", "--app-dir", str(tmp_path),
+                       "--insecure-bind", f"unix:{sock_path}", "--lifespan", "off",
+                       "--no-access-log", cwd=ROOT) as server:
+        server.wait_ready()
+        first = _body_or_none(str(sock_path))
+        assert first is not None and first.isdigit()
+        server.send_signal(signal.SIGHUP)
+        wait_until(lambda: _body_or_none(str(sock_path)) not in (None, first), timeout=20,
+                   interval=0.1)
+        assert server.proc is not None and server.proc.poll() is None
+        server.send_signal(signal.SIGTERM)
+        assert server.wait() == 0
+    assert "SIGHUP received; restarting the server" in server.stderr
 
 
 def _body_or_none(path: str) -> bytes | None:
