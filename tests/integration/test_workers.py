@@ -461,13 +461,19 @@ def test_killed_worker_restarts_and_its_clients_get_a_stateless_reset(
         survivor = client(server.udp_port, "/stream?n=400&size=65536", tmp_path / "a.out",
                           f"--dcid={PIN[0]}", f"--download={survivor_dir}")
         # A client with nothing in flight sends nothing after the kill, and no
-        # server can answer silence: the victim's flow-control updates
-        # (ack-eliciting) usually are in flight, but one may have just been
-        # acknowledged.  So the victim also moves to a new local port 4 s
-        # into the connection, well after the kill: the probe it then sends
-        # meets the restarted worker either way.
+        # server can answer silence.  The victim's windows are held at 64 KiB
+        # (no auto-tuning), so the download is always flow-control bound:
+        # whatever the dead worker left in flight makes the victim send a
+        # MAX_STREAM_DATA (ack-eliciting, so probed until answered), and the
+        # restarted worker answers that.  (With auto-tuned windows the last
+        # update could already be acknowledged at the kill, and ngtcp2
+        # arms no probe timer for the ACK+PING it sends then: CI saw the
+        # victim sit silent until its idle timeout.)  The move to a new local
+        # port 4 s in is a second chance.
         victim = client(server.udp_port, "/stream?n=16000&size=65536", tmp_path / "b.out",
                         f"--dcid={PIN[1]}", f"--download={victim_dir}",
+                        "--max-stream-data-bidi-local=65536", "--max-stream-window=65536",
+                        "--max-data=131072", "--max-window=131072",
                         "--change-local-addr=4s")
         _wait_until(lambda: _size(victim_dir) > 3_000_000)
         os.kill(pids[1], signal.SIGKILL)
