@@ -128,17 +128,9 @@ def run(ctx: BenchContext) -> list[Group]:
         return ngtcp2.mb_per_s(result), result.errors
 
     with tempfile.TemporaryDirectory(prefix="bench-htdocs-") as root:
-        running = servers(ctx, ngtcp2.make_htdocs(Path(root)))
-        try:
-            for server in running:
-                server.start()
-            for server in running:
-                ngtcp2.wait_h3(server)
+        with ngtcp2.serving(servers(ctx, ngtcp2.make_htdocs(Path(root)))) as running:
             interleave(ctx, running, measure_rate, rate)
             interleave(ctx, running, measure_download, download)
-        finally:
-            for server in running:
-                server.stop()
     _log_aioquic_ratio(ctx, rate)
     return [rate, download]
 

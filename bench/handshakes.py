@@ -99,16 +99,8 @@ def run(ctx: BenchContext) -> list[Group]:
                 unit="ms CPU/conn", command=command, baseline="aioquic",
                 higher_is_better=False)
     with tempfile.TemporaryDirectory(prefix="bench-htdocs-") as root:
-        running = servers(ctx, ngtcp2.make_htdocs(Path(root)))
-        try:
-            for server in running:
-                server.start()
-            for server in running:
-                ngtcp2.wait_h3(server)
+        with ngtcp2.serving(servers(ctx, ngtcp2.make_htdocs(Path(root)))) as running:
             interleave(ctx, running, lambda s: handshakes(s.port, connections), rate)
-        finally:
-            for server in running:
-                server.stop()
     for name, measurement in rate.measurements.items():
         cpu.measurements[name] = Measurement(
             name, values=[seconds * 1000 / connections for seconds in measurement.cpu],

@@ -212,16 +212,8 @@ def run(ctx: Any) -> list[Any]:
 
     measure.warmup = warmup  # type: ignore[attr-defined]
     with tempfile.TemporaryDirectory(prefix="bench-htdocs-") as root:
-        running = servers(ctx, ngtcp2.make_htdocs(Path(root)))
-        try:
-            for server in running:
-                server.start()
-            for server in running:
-                ngtcp2.wait_h3(server)
+        with ngtcp2.serving(servers(ctx, ngtcp2.make_htdocs(Path(root)))) as running:
             common.interleave(ctx, running, measure, group)
-        finally:
-            for server in running:
-                server.stop()
     for measurement in group.measurements.values():
         measurement.cpu.clear()  # each round restarts the server: no CPU figure to show
     quicserve = group.measurements.get("quicserve")

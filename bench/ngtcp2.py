@@ -26,6 +26,7 @@ x 2000 requests, one 32 MiB download).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import subprocess
 import sys
@@ -33,7 +34,7 @@ import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
+from typing import Iterator, Sequence
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -89,6 +90,21 @@ def gtlsserver(htdocs: Path, certfile: Path, keyfile: Path, *, port: int | None 
     argv = [_tool("gtlsserver"), "-q", "-d", str(htdocs), "--max-streams-bidi", "128",
             "--timeout=120s", "127.0.0.1", str(port), str(keyfile), str(certfile)]
     return Server("ngtcp2", argv, port)
+
+
+@contextlib.contextmanager
+def serving(servers: Sequence[Server]) -> Iterator[Sequence[Server]]:
+    """Start ``servers``, wait until each answers HTTP/3, and stop them all
+    on the way out (also when starting or measuring fails)."""
+    try:
+        for server in servers:
+            server.start()
+        for server in servers:
+            wait_h3(server)
+        yield servers
+    finally:
+        for server in servers:
+            server.stop()
 
 
 def wait_h3(server: Server, timeout: float = 30.0) -> None:

@@ -63,15 +63,8 @@ def run(ctx: BenchContext) -> list[Group]:
         result = ngtcp2.h3_load(server.port, clients=CLIENTS, requests=requests, spread=True)
         return result.rate, result.errors
 
-    try:
-        for server in servers:
-            server.start()
-        for server in servers:
-            ngtcp2.wait_h3(server)
+    with ngtcp2.serving(servers):
         interleave(ctx, servers, measure, group)
-    finally:
-        for server in servers:
-            server.stop()
     # The same rounds seen against the single-process aioquic baseline.
     versus = Group(title="The same rounds against the aioquic public-API baseline (one process)",
                    unit=group.unit, command=group.command, baseline="aioquic",

@@ -239,15 +239,15 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
         header = first_byte + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
         protected = aead_encrypt(b"".join(parts), header, packet_number)
         sealed.append((header, protected))
-        size = len(header) + len(protected)
+        packet_size = len(header) + len(protected)
         packets.append(QuicSentPacket(
             epoch=_ONE_RTT, in_flight=eliciting, is_ack_eliciting=eliciting,
             is_crypto_packet=False, packet_number=packet_number, packet_type=_ONE_RTT_TYPE,
-            sent_bytes=size, delivery_handlers=handlers))
-        builder._total_bytes += size
+            sent_bytes=packet_size, delivery_handlers=handlers))
+        builder._total_bytes += packet_size
         if eliciting:
-            builder._flight_bytes += size
-            flight_left -= size
+            builder._flight_bytes += packet_size
+            flight_left -= packet_size
         packet_number += 1
         pacer.update_after_send(now=now)
         ack_due = False

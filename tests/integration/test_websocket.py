@@ -23,6 +23,7 @@ import pytest
 import websockets.asyncio.client
 import websockets.exceptions
 
+from tests.support.apps import echo_messages
 from tests.support.certs import CertSet
 from tests.support.h2_peers import Denial, H2WebSocket, WebSocketClosed, client_ssl_context
 from tests.support.h3_ws import H3WebSocket
@@ -71,20 +72,9 @@ async def ws_app(scope: dict[str, Any], receive: Callable[[], Awaitable[dict[str
 
 async def _echo(receive: Callable[[], Awaitable[dict[str, Any]]],
                 send: Callable[[dict[str, Any]], Awaitable[None]], tag: str) -> None:
-    while True:
-        message = await receive()
-        if message["type"] == "websocket.disconnect":
-            CLOSES.setdefault(tag, []).append(message.get("code", 1005))
-            return
-        text = message.get("text")
-        if text is not None and text.startswith("close:"):
-            _, code, reason = text.split(":", 2)
-            await send({"type": "websocket.close", "code": int(code), "reason": reason})
-            return
-        if text is not None:
-            await send({"type": "websocket.send", "text": text})
-        else:
-            await send({"type": "websocket.send", "bytes": message.get("bytes")})
+    disconnect = await echo_messages(receive, send)
+    if disconnect is not None:
+        CLOSES.setdefault(tag, []).append(disconnect.get("code", 1005))
 
 
 # -- the server ----------------------------------------------------------------------------------

@@ -180,15 +180,22 @@ async def websocket_echo(scope: Scope, receive: Receive, send: Send) -> None:
         return
     offered = scope.get("subprotocols") or []
     await send({"type": "websocket.accept", "subprotocol": offered[0] if offered else None})
+    await echo_messages(receive, send)
+
+
+async def echo_messages(receive: Receive, send: Send) -> Message | None:
+    """Echo an accepted WebSocket's text and bytes until it ends: returns the
+    ``websocket.disconnect`` message, or None when a text "close:CODE:REASON"
+    made the app close with that code and reason."""
     while True:
         message = await receive()
         if message["type"] == "websocket.disconnect":
-            return
+            return message
         text = message.get("text")
         if text is not None and text.startswith("close:"):
             _, code, reason = text.split(":", 2)
             await send({"type": "websocket.close", "code": int(code), "reason": reason})
-            return
+            return None
         if text is not None:
             await send({"type": "websocket.send", "text": text})
         else:
