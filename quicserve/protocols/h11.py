@@ -790,7 +790,7 @@ class H11Adapter:
         trailing = self._parser.trailing_data[0]
         self._parser = self._new_parser()
         self._fed = 0
-        self.exchange = None
+        self._release_exchange()
         self._held = None
         self._unconsumed = 0
         self._drained = 0
@@ -855,6 +855,15 @@ class H11Adapter:
     def _lost(self, reason: str) -> None:
         self._abort_stream(reason)
         self._transition_close()
+        self._release_exchange()
+
+    def _release_exchange(self) -> None:
+        """Let go of the current exchange and break its link to its stream:
+        the stream holds the exchange as its sink, and the pair should be
+        freed by reference counting, not left to the cycle collector."""
+        exchange, self.exchange = self.exchange, None
+        if exchange is not None:
+            exchange.stream = None
 
     def _abort_stream(self, reason: str) -> None:
         exchange = self.exchange

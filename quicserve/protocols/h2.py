@@ -177,6 +177,24 @@ class _ConnState(enum.Enum):
     CLOSED = "closed"
 
 
+class _Detached:
+    """The handler of a stream the adapter has let go of: ignores everything."""
+
+    __slots__ = ()
+
+    def start(self, head: RequestHead, conn: ConnectionInfo) -> None:
+        pass
+
+    def receive_body(self, data: bytes, more: bool) -> None:
+        pass
+
+    def abort(self, reason: str) -> None:
+        pass
+
+
+_DETACHED = _Detached()
+
+
 class H2Stream:
     """The :class:`~quicserve.interfaces.StreamSink` of one HTTP/2 stream.
 
@@ -570,9 +588,10 @@ class H2Adapter:
         stream = self._streams.get(event.stream_id)
         if stream is None:
             return
+        handler = stream.handler  # (forgetting the stream lets go of it)
         self._forget(stream)
         stream.closed(f"reset by the client ({_code_name(event.error_code)})")
-        stream.handler.abort("stream reset by the client")
+        handler.abort("stream reset by the client")
 
     def _on_window_updated(self, event: h2.events.WindowUpdated) -> None:
         if event.stream_id:
@@ -663,6 +682,9 @@ class H2Adapter:
         """Drop a finished or reset stream; return window nobody will credit."""
         if self._streams.pop(stream.stream_id, None) is None:
             return
+        # The handler holds the stream as its sink: break the cycle, so both
+        # are freed by reference counting rather than by the cycle collector.
+        stream.handler = _DETACHED
         self._stalls.pop(stream.stream_id, None)
         if stream.unacked and self._state is not _ConnState.CLOSED:
             self._ack(stream.unacked, stream.stream_id)
@@ -740,6 +762,7 @@ class H2Adapter:
         for stream in streams:
             stream.closed(f"connection ended: {reason}")
             stream.handler.abort(reason)
+            stream.handler = _DETACHED
 
     def _wake_all(self) -> None:
         for stream_id in self._stalls:
@@ -762,9 +785,10 @@ class H2Adapter:
         for stream_id in expired:
             stream = self._streams.get(stream_id)
             if stream is not None:
+                handler = stream.handler  # (resetting the stream lets go of it)
                 self.reset_stream(stream, ErrorCodes.CANCEL)
                 stream.closed("flow-control window stalled")
-                stream.handler.abort("flow-control window stalled")
+                handler.abort("flow-control window stalled")
         return False
 
     def _rearm(self, now: float) -> None:

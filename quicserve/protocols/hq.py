@@ -270,9 +270,10 @@ class _HqStream:
         self._peer_gone = True
         if self.state is StreamState.CLOSED:
             return
+        handler = self.handler  # (closing the stream lets go of it)
         self._transition(StreamEvent.RESET)
-        if self.handler is not None:
-            self.handler.abort(reason)
+        if handler is not None:
+            handler.abort(reason)
 
     # -- stream -> wire (StreamSink) ---------------------------------------------
 
@@ -448,6 +449,9 @@ class HqAdapter:
 
     def _forget(self, stream: _HqStream, *, completed: bool) -> None:
         self._streams.pop(stream.stream_id, None)
+        # The handler holds the stream as its sink: break the cycle, so both
+        # are freed by reference counting rather than by the cycle collector.
+        stream.handler = None
         if completed and self._session.stream_send_buffered(stream.stream_id) > 0:
             self._flushing.add(stream.stream_id)
         self._close_if_done()
