@@ -123,8 +123,11 @@ class RequestHead:
     """A request head that ``protocols/head.py`` has validated.
 
     ``target`` is the raw request-target (path and query, as sent, never
-    decoded).  ``headers`` carries no pseudo-headers; on H2/H3 ``:authority``
-    is surfaced as a ``host`` header when the request had none.
+    decoded).  ``headers`` carries no pseudo-headers and every name in it is
+    lowercase (HTTP/1.x names are lowered by the parser, H2/H3 names are
+    rejected unless lowercase), so the ASGI scope takes them as they are; on
+    H2/H3 ``:authority`` is surfaced as a ``host`` header when the request
+    had none.
     """
 
     method: str

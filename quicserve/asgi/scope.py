@@ -128,7 +128,7 @@ class ScopeBuilder:
             "raw_path": raw_path,
             "query_string": query,
             "root_path": self._root_path,
-            "headers": [(name.lower(), value) for name, value in head.headers],
+            "headers": list(head.headers),  # (names are lowercase already: RequestHead)
             "client": client,
             "server": conn.server,
             "state": dict(state),

@@ -6,6 +6,7 @@ response headers every response carries (Server, Date, --header, Alt-Svc).
 from __future__ import annotations
 
 import importlib.util
+import json
 import shutil
 import socket
 import subprocess
@@ -79,6 +80,20 @@ def test_cleartext_post_echo(server: ThreadedServer) -> None:
                   stdin=body)
     assert result.returncode == 0, result.stderr
     assert result.stdout == body
+
+
+@pytest.mark.parametrize("secure", [False, True])
+def test_scope_header_names_are_lowercase(server: ThreadedServer, certs: CertSet,
+                                          secure: bool) -> None:
+    """Mixed-case names on the wire reach the app lowercased, in order,
+    duplicates kept (the HTTP/1.1 parser lowers them; the scope copies)."""
+    result = curl("--http1.1", "--cacert", str(certs.ca), "-H", "X-Mixed-Case: 1",
+                  "-H", "COOKIE: a=1", "-H", "Cookie: b=2", server.url("/scope", secure=secure))
+    assert result.returncode == 0, result.stderr
+    headers = json.loads(result.stdout)["headers"]
+    assert all(name == name.lower() for name, _ in headers), headers
+    assert [h for h in headers if h[0] in ("x-mixed-case", "cookie")] == [
+        ["x-mixed-case", "1"], ["cookie", "a=1"], ["cookie", "b=2"]]
 
 
 @pytest.mark.skipif(not HAVE_IPV6, reason="no IPv6 loopback")

@@ -45,10 +45,14 @@ def test_invalid_utf8_becomes_replacement_character() -> None:
     assert decode_path(b"/%FF") == "/\ufffd"
 
 
-def test_header_names_are_lowercased_order_and_duplicates_kept() -> None:
+def test_headers_order_and_duplicates_kept_in_a_list_of_their_own() -> None:
+    # Names arrive lowercase (RequestHead's contract, kept by the protocols).
     request = RequestHead(method="GET", target=b"/", headers=(
-        (b"X-One", b"1"), (b"cookie", b"a=1"), (b"Cookie", b"b=2")))
-    assert build(request)["headers"] == [(b"x-one", b"1"), (b"cookie", b"a=1"), (b"cookie", b"b=2")]
+        (b"x-one", b"1"), (b"cookie", b"a=1"), (b"cookie", b"b=2")))
+    scope = build(request)
+    assert scope["headers"] == [(b"x-one", b"1"), (b"cookie", b"a=1"), (b"cookie", b"b=2")]
+    scope["headers"].append((b"x-added", b"by a middleware"))
+    assert build(request)["headers"] == list(request.headers)
 
 
 def test_scheme_from_h3_pseudo_header_and_connection() -> None:
