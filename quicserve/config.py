@@ -312,6 +312,10 @@ class Config:
                        flags=("--workers", "-w"))
     loop: str = opt("auto", "event loop: auto (uvloop when installed), asyncio, uvloop",
                     parse=_to_str, check=_choice("auto", "asyncio", "uvloop"))
+    gc_threshold: int = opt(10000, "while serving, run Python's cycle collector after this many "
+                            "new objects instead of 700 (only ever raised; restored on "
+                            "shutdown; 0 leaves the interpreter's setting alone)",
+                            parse=_to_int, check=_non_negative, metavar="N")
 
     # -- TLS ----------------------------------------------------------------
     certfile: str | None = opt(None, "PEM certificate chain for TLS and QUIC", parse=_to_str,

@@ -4,6 +4,7 @@ listening sockets (``transport/sockets.py``) on real loopback sockets."""
 from __future__ import annotations
 
 import asyncio
+import gc
 import os
 import socket
 import stat
@@ -95,6 +96,36 @@ def test_server_addresses_statistics_and_shutdown(tmp_path: Path) -> None:
             await fetch(inet)
 
     run(main())
+
+
+@pytest.mark.parametrize(("before", "option", "serving"), [
+    (700, None, 10000),   # Python's default is raised to quicserve's
+    (700, 0, 700),        # --gc-threshold 0: left alone
+    (700, 2500, 2500),
+    (50000, None, 50000),  # never lowered
+    (0, None, 0),          # a collector switched off stays off
+])
+def test_gc_threshold_while_serving_then_restored(before: int, option: int | None,
+                                                  serving: int) -> None:
+    saved = gc.get_threshold()
+    options = {} if option is None else {"gc_threshold": option}
+
+    async def main() -> None:
+        server = Server(Config(insecure_bind=("127.0.0.1:0",), access_log=False, **options),
+                        app=router_app)
+        await server.start()
+        try:
+            assert gc.get_threshold() == (serving, 10, 10)
+            assert (await fetch(server.addresses[0].address)).endswith(b"hello")
+        finally:
+            await server.shutdown()
+        assert gc.get_threshold() == (before, 10, 10)
+
+    gc.set_threshold(before, 10, 10)
+    try:
+        run(main())
+    finally:
+        gc.set_threshold(*saved)
 
 
 def test_serve_raises_lifespan_error(monkeypatch: pytest.MonkeyPatch) -> None:
