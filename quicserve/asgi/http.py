@@ -90,6 +90,7 @@ _TIMER_SLACK = 0.001
 
 
 class ResponseState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     AWAITING_START = "awaiting http.response.start"
     #: ``http.response.start`` received; the head waits for the first body message.
     STARTED = "started"
@@ -101,6 +102,7 @@ class ResponseState(enum.Enum):
 
 
 class _Event(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     START = enum.auto()
     EARLY_HINT = enum.auto()
     BODY_MORE = enum.auto()

@@ -95,6 +95,7 @@ CLOSE_TIMEOUT = 5.0
 
 
 class WebSocketState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     CONNECTING = "connecting"
     #: ``websocket.http.response.start`` received; the denial body follows.
     DENYING = "denying"
@@ -105,6 +106,7 @@ class WebSocketState(enum.Enum):
 
 
 class _Event(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     ACCEPT = enum.auto()
     DENY = enum.auto()
     DENY_START = enum.auto()

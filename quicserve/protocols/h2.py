@@ -142,6 +142,8 @@ _STATUS_BYTES = {status: str(status).encode("ascii") for status in range(100, 60
 class _Phase(enum.Enum):
     """Where a stream's response is."""
 
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+
     AWAITING_HEAD = "awaiting head"
     SENDING = "sending"
     #: END_STREAM queued: the response is complete.
@@ -151,6 +153,7 @@ class _Phase(enum.Enum):
 
 
 class _Input(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     INFORMATIONAL = "send an informational head"
     HEAD = "send the head"
     BODY = "send body"

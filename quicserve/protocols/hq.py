@@ -170,6 +170,7 @@ def authority_of(conn: ConnectionInfo) -> bytes:
 
 
 class StreamState(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     READING_REQUEST = "reading request line"
     RESPONDING = "responding"
     DISCARDING = "discarding a non-2xx body"
@@ -177,6 +178,7 @@ class StreamState(enum.Enum):
 
 
 class StreamEvent(enum.Enum):
+    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
     LINE = "request line complete"
     STATUS_NOT_OK = "status not 2xx"
     END = "response ended"
