@@ -69,6 +69,8 @@ _ONE_RTT = tls.Epoch.ONE_RTT
 _ONE_RTT_TYPE = QuicPacketType.ONE_RTT
 #: STREAM frame type with the LEN bit; OFF (4) and FIN (1) are or-ed in.
 _STREAM_LEN = 0x08 | 0x02
+#: The encoded frame type for each OFF|FIN combination, made once.
+_STREAM_TYPES = [(_STREAM_LEN | bits).to_bytes(1, "big") for bits in range(8)]
 #: The frame's length field is always 2 bytes, as aioquic writes it.
 _MAX_FRAME_DATA = 0x3FFF
 #: An ACK frame of one range: its type and four varints of at most 8 bytes.
@@ -184,6 +186,9 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
     sealed: list[tuple[bytes, bytes]] = []  # (plain header, protected payload)
     sent: list[Any] = []
     index = 0  # the stream in ``ready`` being served
+    serving: Any = None
+    sender: Any = None
+    stream_id = b""
     while True:
         parts: list[bytes] = []
         handlers: list[tuple[Any, Any]] = []
@@ -204,28 +209,33 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
         room = min(capacity, flight_left) - header_size - tag_size - sum(map(len, parts))
         while index < len(ready):
             stream = ready[index]
-            sender = stream.sender
-            stream_id = _varint(stream.stream_id)
+            if stream is not serving:
+                # (the stream ID's encoding is made once per stream, not per frame)
+                serving = stream
+                sender = stream.sender
+                stream_id = _varint(stream.stream_id)
             next_offset = sender.next_offset
-            overhead = 3 + len(stream_id) + (len(_varint(next_offset)) if next_offset else 0)
+            offset_bytes = _varint(next_offset) if next_offset else b""
+            overhead = 3 + len(stream_id) + len(offset_bytes)
             size = room - overhead
             if size <= 0:
                 break  # (this packet is full; the stream goes on in the next)
             if size > _MAX_FRAME_DATA:
                 size = _MAX_FRAME_DATA
             previous_high = sender.highest_offset
-            frame = sender.get_frame(size, min(
-                previous_high + conn._remote_max_data - conn._remote_max_data_used,
-                stream.max_stream_data_remote))
+            credit = previous_high + conn._remote_max_data - conn._remote_max_data_used
+            stream_credit = stream.max_stream_data_remote
+            frame = sender.get_frame(size, credit if credit < stream_credit else stream_credit)
             if frame is None:
                 index += 1  # (all sent, or flow control stops it)
                 continue
             data = frame.data
             offset = frame.offset
-            frame_type = _STREAM_LEN | (4 if offset else 0) | (1 if frame.fin else 0)
+            if offset != next_offset:  # (a lost range sent again, further back)
+                offset_bytes = _varint(offset) if offset else b""
             parts.append(b"".join((
-                frame_type.to_bytes(1, "big"), stream_id, _varint(offset) if offset else b"",
-                (len(data) | 0x4000).to_bytes(2, "big"), data)))
+                _STREAM_TYPES[(4 if offset else 0) | (1 if frame.fin else 0)], stream_id,
+                offset_bytes, (len(data) | 0x4000).to_bytes(2, "big"), data)))
             handlers.append((sender.on_data_delivery, (offset, offset + len(data), frame.fin)))
             conn._remote_max_data_used += sender.highest_offset - previous_high
             room -= overhead + len(data)
