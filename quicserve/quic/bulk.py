@@ -171,13 +171,24 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
     crypto = conn._cryptos[_ONE_RTT]
     space = conn._spaces[_ONE_RTT]
     send: Any = crypto.send  # (its aead and hp are set: is_valid() was checked)
-    aead_encrypt = send.aead.encrypt
+    # aioquic's AEAD.encrypt, without its two Python calls per packet: the
+    # cipher's own encrypt, with the nonce made as AEAD._nonce makes it.
+    aead_encrypt = send.aead._aead.encrypt
+    iv = send.aead._iv
     tag_size = crypto.aead_tag_size
     first_byte = (PACKET_FIXED_BIT | (builder._spin_bit << 5) | (crypto.key_phase << 2)
                   | (PN_LENGTH - 1)).to_bytes(1, "big")
     peer_cid = builder._peer_cid
     header_size = 1 + len(peer_cid) + PN_LENGTH
+    # The pacer's token bucket, as QuicPacketPacer.next_send_time and
+    # update_after_send move it.  ``now`` is the same for every packet of
+    # this flush, so the bucket is refilled once, here, and the per-packet
+    # test and charge are done on a local (written back at the end).
     pacer = conn._loss._pacer
+    packet_time = pacer.packet_time
+    if packet_time is not None:
+        pacer.update_bucket(now=now)
+    bucket = pacer.bucket_time
     packets = builder._packets
     capacity = builder._buffer_capacity
     flight_left = builder.max_flight_bytes - builder._flight_bytes
@@ -197,10 +208,11 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
             # (as in aioquic), and goes out even without stream data.
             parts.append(_ack_frame(conn, space, now))
             handlers.append((conn._on_ack_delivery, (space, space.largest_received_packet)))
+        elif packet_time is not None and bucket <= 0:
+            conn._pacing_at = now + packet_time
+            break
         else:
-            conn._pacing_at = pacer.next_send_time(now=now)
-            if conn._pacing_at is not None:
-                break
+            conn._pacing_at = None
         eliciting = bool(limits)
         for frame_bytes, handler in limits:
             parts.append(frame_bytes)
@@ -247,7 +259,8 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
         if not parts:
             break
         header = first_byte + peer_cid + (packet_number & 0xFFFF).to_bytes(2, "big")
-        protected = aead_encrypt(b"".join(parts), header, packet_number)
+        protected = aead_encrypt((iv ^ packet_number).to_bytes(12, "big"), b"".join(parts),
+                                 header)
         sealed.append((header, protected))
         packet_size = len(header) + len(protected)
         packets.append(QuicSentPacket(
@@ -259,10 +272,12 @@ def _write_packets(conn: ManagedQuicConnection, builder: Any, ready: list[Any],
             builder._flight_bytes += packet_size
             flight_left -= packet_size
         packet_number += 1
-        pacer.update_after_send(now=now)
+        if packet_time is not None:
+            bucket = 0.0 if bucket < packet_time else bucket - packet_time
         ack_due = False
         if index >= len(ready):
             break
+    pacer.bucket_time = bucket
     builder._packet_number = packet_number
     if sealed:
         builder._datagrams.extend(_protect_headers(send.hp, sealed))

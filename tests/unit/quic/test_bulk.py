@@ -12,6 +12,7 @@ handle (control frames other than ACK and connection limits, qlog).
 from __future__ import annotations
 
 import ast
+import copy
 import dataclasses
 import hashlib
 import inspect
@@ -91,7 +92,14 @@ def test_pinned_packet_and_crypto_internals(certs: CertSet) -> None:
     for name in ("ack_at", "ack_queue", "largest_received_time", "largest_received_packet"):
         assert hasattr(space, name), f"aioquic QuicPacketSpace.{name} is gone"
     pacer = server._loss._pacer
-    assert callable(pacer.next_send_time) and callable(pacer.update_after_send)
+    assert callable(pacer.update_bucket)
+    for name in ("packet_time", "bucket_time", "bucket_max", "evaluation_time"):
+        assert hasattr(pacer, name), f"aioquic QuicPacketPacer.{name} is gone"
+    # bulk.py seals with the cipher directly and makes the nonce as AEAD does.
+    aead = crypto.send.aead
+    for number in (0, 1, 0xFFFF, 2 ** 40 + 7):
+        assert aead._aead.encrypt((aead._iv ^ number).to_bytes(12, "big"), b"payload",
+                                  b"header") == aead.encrypt(b"payload", b"header", number)
 
 
 @pytest.mark.parametrize("value", [0, 1, 0x3F, 0x40, 0x3FFF, 0x4000, 0x3FFFFFFF, 0x40000000,
@@ -253,6 +261,47 @@ def test_download_arrives_intact_and_mostly_through_the_bulk_path(
     # Everything sent was acknowledged: nothing left in flight on either side.
     pair.run(lambda: pair.server._loss.bytes_in_flight == 0
              and not pair.server._streams.get(sid))
+
+
+def test_each_bulk_flush_is_paced_as_aioquics_pacer_would(
+        certs: CertSet, monkeypatch: pytest.MonkeyPatch) -> None:
+    """bulk.py keeps the pacer's token bucket itself: on every flush of a
+    download, a copy of aioquic's own pacer, asked packet by packet as
+    aioquic asks it, allows exactly the packets bulk.py sent (the first one
+    unasked when it carries a due ACK), ends with the same bucket, and names
+    the same next send time when the flush stopped for pacing."""
+    real = bulk._write_packets
+    checked = {"flushes": 0, "paced_stops": 0}
+
+    def checked_write(conn: Any, builder: Any, ready: Any, limits: Any, now: float) -> None:
+        reference = copy.copy(conn._loss._pacer)
+        space = conn._spaces[bulk._ONE_RTT]
+        ack_first = space.ack_at is not None and space.ack_at <= now
+        before = len(builder._packets)
+        real(conn, builder, ready, limits, now)
+        sent = len(builder._packets) - before
+        # Every flush asks the pacer at least once at ``now`` (the first
+        # packet, or the look that found nothing to send), which refills it.
+        if reference.packet_time is not None:
+            reference.update_bucket(now=now)
+        for index in range(sent):
+            if not (index == 0 and ack_first):
+                assert reference.next_send_time(now=now) is None
+            reference.update_after_send(now=now)
+        assert conn._loss._pacer.bucket_time == reference.bucket_time
+        if conn._pacing_at is not None:
+            assert conn._pacing_at == reference.next_send_time(now=now)
+            checked["paced_stops"] += 1
+        checked["flushes"] += 1
+
+    monkeypatch.setattr(bulk, "_write_packets", checked_write)
+    pair = Pair(certs, seed=3)
+    pair.handshake()
+    body = os.urandom(1024 * 1024)
+    sid = download(pair, body)
+    pair.run(lambda: sid in pair.finished)
+    assert bytes(pair.received[sid]) == body
+    assert checked["flushes"] > 20 and checked["paced_stops"] > 5, checked
 
 
 def test_chacha20_and_a_key_update_mid_download(certs: CertSet,
