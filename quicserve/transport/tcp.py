@@ -94,12 +94,16 @@ class TcpListener:
         tls_handshake_timeout: float,
         keep_alive: float,
         backlog: int = 2048,
+        server_cert: str | None = None,
     ) -> None:
         if "http/1.1" not in adapters:
             raise ValueError("TcpListener needs an 'http/1.1' adapter")
         self.ctx = ctx
         self.adapters = adapters
         self.ssl_context = ssl_context
+        #: The PEM certificate ``ssl_context`` presents (the "tls" extension's
+        #: ``server_cert``), or None when unknown.
+        self.server_cert = server_cert
         #: Kept for the server's logs; HTTP keep-alive is enforced by the
         #: adapters (``ctx.options.keep_alive``), which arm the idle timer as
         #: soon as a connection is made.
@@ -305,7 +309,7 @@ class TcpConnection(asyncio.Protocol):
         if ssl_object is not None and ssl_object.selected_alpn_protocol() == "h2" \
                 and "h2" in self._listener.adapters:
             key = "h2"
-        self._info = _connection_info(transport, ssl_object)
+        self._info = _connection_info(transport, ssl_object, self._listener.server_cert)
         self._adapter = self._build(key, None)
 
     def data_received(self, data: bytes) -> None:
@@ -496,7 +500,8 @@ def _with_version(info: ConnectionInfo, version: str, label: str) -> ConnectionI
     )
 
 
-def _connection_info(transport: asyncio.Transport, ssl_object: Any) -> ConnectionInfo:
+def _connection_info(transport: asyncio.Transport, ssl_object: Any,
+                     server_cert: str | None = None) -> ConnectionInfo:
     sockname = transport.get_extra_info("sockname")
     peername = transport.get_extra_info("peername")
     client: tuple[str, int] | None = None
@@ -520,7 +525,7 @@ def _connection_info(transport: asyncio.Transport, ssl_object: Any) -> Connectio
         connection_id=f"tcp-{next(_ids)}",
         client_cert=_client_cert(ssl_object),
         extensions=("http.response.trailers",),
-        tls=ssl_tls_info(ssl_object) if ssl_object is not None else None,
+        tls=ssl_tls_info(ssl_object, server_cert=server_cert) if ssl_object is not None else None,
     )
 
 

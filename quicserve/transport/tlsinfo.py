@@ -20,7 +20,8 @@ speaks OpenSSL names, so:
   verification fails the handshake, so ``client_cert_error`` stays None.
 
 ``ssl`` cannot tell which certificate the server itself presented, so
-``server_cert`` is what the caller passes (None when unknown).
+``server_cert`` is what the caller passes: the listener's configured leaf
+certificate (the SSLContext holds one chain), or None when unknown.
 
 Never: perform I/O of its own or raise for a connection's certificate (an
 unparsable one is reported without a name).
