@@ -822,13 +822,13 @@ async def _start_tcp(bound: BoundSocket, *, ctx: ConnectionContext, config: Conf
     return listener
 
 
-@functools.lru_cache(maxsize=8)
 def _leaf_certificate_pem(certfile: str) -> str | None:
     """The first certificate of ``certfile`` in PEM: the one every TLS
     connection over TCP presents (the SSLContext holds exactly one chain), for
-    the "tls" extension's ``server_cert``.  None if the file cannot be read
-    again (it was loaded into the SSLContext just before; that is what
-    counts)."""
+    the "tls" extension's ``server_cert``.  Read when a listener starts, as
+    the SSLContext was (not cached: a renewed certificate is picked up by the
+    next start).  None if the file cannot be read again (it was loaded into
+    the SSLContext just before; that is what counts)."""
     from cryptography import x509
     from cryptography.hazmat.primitives.serialization import Encoding
 
