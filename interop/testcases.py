@@ -140,8 +140,14 @@ CASES: tuple[Case, ...] = (
     Case(name="transfercorruption", server_testcase="transfer", sizes=(2 * MB,),
          impairment=Impairment(corrupt=0.02, seed=14, delay=0.005, burst=3),
          expect=Expect(impaired=True)),
+    # The runner's blackhole scenario keeps the path up 5 s and down 2 s; the
+    # same 5:2 shape here, shortened.  (With the path down longer than up, as
+    # this case once had it, the RTT samples that span an outage push the PTO
+    # to seconds; each backed-off probe then hits an outage more often than
+    # not, and a receive-only client never probes, so a few unlucky probes in
+    # a row left both ends silent until the idle timeout: 1 run in 3-5 failed.)
     Case(name="blackhole", server_testcase="transfer", sizes=(10 * MB,),
-         impairment=Impairment(delay=0.005, blackhole_on=0.8, blackhole_off=1.0),
+         impairment=Impairment(delay=0.005, blackhole_on=1.25, blackhole_off=0.5),
          expect=Expect(impaired=True), timeout=120.0),
     Case(name="rebind-port", server_testcase="transfer", sizes=(10 * MB,),
          impairment=Impairment(delay=0.005, rebind_first=0.5, rebind_every=1.0),
