@@ -56,6 +56,17 @@ Headers = Sequence[tuple[bytes, bytes]]
 Address = tuple[str, int]
 
 
+class StateEnum(enum.Enum):
+    """Base of the protocols' and ASGI streams' state-machine enums.
+
+    Members are singletons compared by identity, so they hash by identity
+    too: Enum's own ``__hash__`` is a Python-level call, paid on every
+    transition-table lookup and set membership test of every request.
+    """
+
+    __hash__ = object.__hash__
+
+
 class ResetReason(enum.Enum):
     """Why a stream is cut short; each protocol maps it to its own wire code."""
 

@@ -809,10 +809,11 @@ def _tcp_adapters() -> dict[str, Any]:
 async def _start_tcp(bound: BoundSocket, *, ctx: ConnectionContext, config: Config,
                      ssl_context: ssl.SSLContext | None) -> Listener:
     from .transport.tcp import TcpListener
+    from .transport.tlsinfo import leaf_certificate_pem
 
     server_cert = None
     if ssl_context is not None and config.certfile is not None:
-        server_cert = _leaf_certificate_pem(config.certfile)
+        server_cert = leaf_certificate_pem(config.certfile)
     listener = TcpListener(sock=bound.sock, ctx=ctx, adapters=_tcp_adapters(),
                            ssl_context=ssl_context,
                            tls_handshake_timeout=config.tls_handshake_timeout,
@@ -820,25 +821,6 @@ async def _start_tcp(bound: BoundSocket, *, ctx: ConnectionContext, config: Conf
                            server_cert=server_cert)
     await listener.start()
     return listener
-
-
-def _leaf_certificate_pem(certfile: str) -> str | None:
-    """The first certificate of ``certfile`` in PEM: the one every TLS
-    connection over TCP presents (the SSLContext holds exactly one chain), for
-    the "tls" extension's ``server_cert``.  Read when a listener starts, as
-    the SSLContext was (not cached: a renewed certificate is picked up by the
-    next start).  None if the file cannot be read again (it was loaded into
-    the SSLContext just before; that is what counts)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives.serialization import Encoding
-
-    try:
-        with open(certfile, "rb") as fh:
-            certificates = x509.load_pem_x509_certificates(fh.read())
-    except (OSError, ValueError) as exc:
-        error_log.debug("server_cert for the tls extension unavailable: %s", _one_line(exc))
-        return None
-    return certificates[0].public_bytes(Encoding.PEM).decode("ascii")
 
 
 def _raise_gc_threshold(threshold: int) -> tuple[int, int, int] | None:

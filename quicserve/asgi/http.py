@@ -77,7 +77,7 @@ from typing import Any, Iterable
 
 from .. import log
 from ..errors import ASGIProtocolError, ClientDisconnected, StreamClosed
-from ..interfaces import ConnectionInfo, RequestHead, ResetReason, StreamSink
+from ..interfaces import ConnectionInfo, RequestHead, ResetReason, StateEnum, StreamSink
 from .context import StreamContext
 from .types import Message, Scope
 
@@ -89,8 +89,7 @@ _OWN_READ_TIMEOUT = frozenset({"HTTP/1.0", "HTTP/1.1"})
 _TIMER_SLACK = 0.001
 
 
-class ResponseState(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class ResponseState(StateEnum):
     AWAITING_START = "awaiting http.response.start"
     #: ``http.response.start`` received; the head waits for the first body message.
     STARTED = "started"
@@ -101,8 +100,7 @@ class ResponseState(enum.Enum):
     DONE = "done"
 
 
-class _Event(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class _Event(StateEnum):
     START = enum.auto()
     EARLY_HINT = enum.auto()
     BODY_MORE = enum.auto()

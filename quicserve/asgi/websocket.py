@@ -84,7 +84,7 @@ from wsproto.utilities import LocalProtocolError
 
 from .. import log
 from ..errors import ASGIProtocolError, ClientDisconnected, StreamClosed
-from ..interfaces import ConnectionInfo, RequestHead, ResetReason, StreamSink
+from ..interfaces import ConnectionInfo, RequestHead, ResetReason, StateEnum, StreamSink
 from .context import StreamContext
 from .http import response_headers
 from .types import Message, Scope
@@ -94,8 +94,7 @@ from .ws_deflate import negotiate_deflate
 CLOSE_TIMEOUT = 5.0
 
 
-class WebSocketState(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class WebSocketState(StateEnum):
     CONNECTING = "connecting"
     #: ``websocket.http.response.start`` received; the denial body follows.
     DENYING = "denying"
@@ -105,8 +104,7 @@ class WebSocketState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Event(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class _Event(StateEnum):
     ACCEPT = enum.auto()
     DENY = enum.auto()
     DENY_START = enum.auto()

@@ -76,7 +76,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import enum
 import hashlib
 from typing import cast
 
@@ -88,6 +87,7 @@ from ..interfaces import (
     ConnectionInfo,
     Headers,
     ResetReason,
+    StateEnum,
     StreamHandler,
 )
 from .base import ByteTransport, SwitchTo
@@ -104,9 +104,7 @@ _WS_OWN_HEADERS = frozenset({b"connection", b"upgrade", b"sec-websocket-accept",
                              b"content-length", b"transfer-encoding"})
 
 
-class Phase(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
-
+class Phase(StateEnum):
     IDLE = "idle"
     HEAD = "receiving a head"
     BODY = "receiving a body"
@@ -116,9 +114,7 @@ class Phase(enum.Enum):
     CLOSED = "closed"
 
 
-class _Event(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
-
+class _Event(StateEnum):
     DATA = "data"
     REQUEST = "request"
     END = "end of request"
@@ -137,9 +133,7 @@ _PHASES: dict[tuple[Phase, _Event], Phase] = {
 }
 
 
-class ResponseState(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
-
+class ResponseState(StateEnum):
     #: Nothing final sent (1xx heads may have gone out).
     PENDING = "pending"
     #: A final head was given; it leaves with the first body bytes.
@@ -153,9 +147,7 @@ class ResponseState(enum.Enum):
     CLOSED = "closed"
 
 
-class _Action(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
-
+class _Action(StateEnum):
     HEAD = "send_head"
     UPGRADE = "send_head (accept)"
     WRITE = "send_body"

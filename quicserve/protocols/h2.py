@@ -93,6 +93,7 @@ from ..interfaces import (
     RequestHead,
     ResetReason,
     ResponseDefaults,
+    StateEnum,
     StreamHandler,
 )
 from ..log import error_logger
@@ -139,10 +140,8 @@ _NO_DEFAULTS = ResponseDefaults(server=None, date=False)
 _STATUS_BYTES = {status: str(status).encode("ascii") for status in range(100, 600)}
 
 
-class _Phase(enum.Enum):
+class _Phase(StateEnum):
     """Where a stream's response is."""
-
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
 
     AWAITING_HEAD = "awaiting head"
     SENDING = "sending"
@@ -152,8 +151,7 @@ class _Phase(enum.Enum):
     RESET = "reset"
 
 
-class _Input(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class _Input(StateEnum):
     INFORMATIONAL = "send an informational head"
     HEAD = "send the head"
     BODY = "send body"

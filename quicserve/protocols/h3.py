@@ -59,7 +59,6 @@ header comes from ``ctx.clock``), and every write is followed by
 from __future__ import annotations
 
 import asyncio
-import enum
 from typing import TYPE_CHECKING
 
 from aioquic.h3.connection import ErrorCode
@@ -72,6 +71,7 @@ from ..interfaces import (
     ConnectionContext,
     Headers,
     ResetReason,
+    StateEnum,
     StreamHandler,
 )
 from . import head as heads
@@ -94,13 +94,8 @@ def is_request_stream(stream_id: int) -> bool:
     return stream_id % 4 == 0
 
 
-class StreamState(enum.Enum):
+class StreamState(StateEnum):
     """A request stream's two halves, as QUIC sees them (RFC 9000 3)."""
-
-    # Members are singletons compared by identity, so hash them by identity
-    # too: Enum's own __hash__ is a Python-level call, paid on every table
-    # lookup and set membership test of every request.
-    __hash__ = object.__hash__
 
     OPEN = "open"
     #: The request's FIN arrived; the response is still going out.
@@ -112,9 +107,7 @@ class StreamState(enum.Enum):
     RESET = "reset"
 
 
-class StreamEvent(enum.Enum):
-    __hash__ = object.__hash__  # identity, as for StreamState
-
+class StreamEvent(StateEnum):
     REQUEST_END = "request end"
     RESPONSE_END = "response end"
     RESET = "reset"

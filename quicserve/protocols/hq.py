@@ -85,6 +85,7 @@ from ..interfaces import (
     Headers,
     RequestHead,
     ResetReason,
+    StateEnum,
     StreamHandler,
 )
 from .base import QuicSessionHandle
@@ -169,16 +170,14 @@ def authority_of(conn: ConnectionInfo) -> bytes:
     return text.encode("ascii", "replace")
 
 
-class StreamState(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class StreamState(StateEnum):
     READING_REQUEST = "reading request line"
     RESPONDING = "responding"
     DISCARDING = "discarding a non-2xx body"
     CLOSED = "closed"
 
 
-class StreamEvent(enum.Enum):
-    __hash__ = object.__hash__  # members are singletons; identity hashing is faster
+class StreamEvent(StateEnum):
     LINE = "request line complete"
     STATUS_NOT_OK = "status not 2xx"
     END = "response ended"

@@ -21,10 +21,12 @@ speaks OpenSSL names, so:
 
 ``ssl`` cannot tell which certificate the server itself presented, so
 ``server_cert`` is what the caller passes: the listener's configured leaf
-certificate (the SSLContext holds one chain), or None when unknown.
+certificate (the SSLContext holds one chain), read from the certfile with
+:func:`leaf_certificate_pem` when the listener starts, or None when unknown.
 
-Never: perform I/O of its own or raise for a connection's certificate (an
-unparsable one is reported without a name).
+Never, per connection: perform I/O (only :func:`leaf_certificate_pem`
+reads a file, once per listener start) or raise for a connection's
+certificate (an unparsable one is reported without a name).
 """
 
 from __future__ import annotations
@@ -34,8 +36,10 @@ import weakref
 from typing import Any
 
 from cryptography import x509
+from cryptography.hazmat.primitives.serialization import Encoding
 
 from ..interfaces import TlsInfo
+from ..log import error_logger
 
 _VERSIONS = {
     "TLSv1.3": 0x0304,
@@ -86,3 +90,18 @@ def _subject_name(der: bytes) -> str | None:
         return x509.load_der_x509_certificate(der).subject.rfc4514_string()
     except ValueError:
         return None
+
+
+def leaf_certificate_pem(certfile: str) -> str | None:
+    """The first certificate of ``certfile`` in PEM: the one every TLS
+    connection of a TCP listener presents.  Read when the listener starts,
+    as its SSLContext was (never cached: a renewed certificate is picked up
+    by the next start).  None, logged at debug, if the file cannot be read
+    again: the SSLContext loaded it just before, and that is what counts."""
+    try:
+        with open(certfile, "rb") as fh:
+            certificates = x509.load_pem_x509_certificates(fh.read())
+    except (OSError, ValueError) as exc:
+        error_logger.debug("server_cert for the tls extension unavailable: %s", exc)
+        return None
+    return certificates[0].public_bytes(Encoding.PEM).decode("ascii")

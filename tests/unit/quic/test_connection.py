@@ -46,6 +46,14 @@ def done(client: H3Client, stream_id: int) -> Callable[[], bool]:
     return lambda: stream_id in client.responses and client.responses[stream_id].done
 
 
+async def get(h: QuicHarness, client: H3Client, path: str = "/") -> int:
+    """``client`` GETs ``path``; the exchange runs until the response is
+    complete.  Returns the request's stream ID."""
+    stream_id = client.request("GET", path)
+    await h.run(done(client, stream_id))
+    return stream_id
+
+
 def session_count(h: QuicHarness) -> int:
     return len(h.endpoint.sessions)
 
@@ -58,8 +66,7 @@ def test_handshake_and_get(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.hello)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        stream_id = await get(h, client)
         response = client.response(stream_id)
         assert response.status == 200
         assert bytes(response.body) == b"hello"
@@ -73,8 +80,7 @@ def test_session_releases_handshake_streams_at_handshake_completion(certs: CertS
     async def main() -> None:
         h = harness(certs, apps.hello)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        await get(h, client)
         (session,) = h.endpoint.sessions
         streams = session._quic._crypto_streams
         assert streams[tls.Epoch.INITIAL] is streams[tls.Epoch.HANDSHAKE]
@@ -141,8 +147,7 @@ def test_transfer_survives_loss_and_reordering(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.echo)
         client = h.client()
-        first = client.request("GET", "/")
-        await h.run(done(client, first))
+        await get(h, client)
         counter = iter(range(10**9))
         h.link.lose = lambda data, src, dst: next(counter) % 7 == 3
         h.link.reorder = True
@@ -178,8 +183,7 @@ def test_idle_timeout_removes_the_session(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.hello, quic_idle_timeout=5.0)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        await get(h, client)
         started = h.clock.now
         # The client goes silent: nothing it sends arrives any more.
         h.link.lose = lambda data, src, dst: src == CLIENT_ADDR
@@ -205,8 +209,7 @@ def test_session_clock_on_its_own_base_drives_the_timers(certs: CertSet) -> None
                                     server=SERVER_ADDR, clock=lambda: h.clock.now + 7.0)
         h.endpoint.attach(h.transport, SERVER_ADDR)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        await get(h, client)
         h.link.lose = lambda data, src, dst: src == CLIENT_ADDR
         started = h.clock.now
         await h.run_for(4.5)
@@ -260,8 +263,7 @@ def test_timer_is_rearmed_only_when_the_deadline_changes(certs: CertSet) -> None
         h = harness(certs, apps.hello)
         counter = CountingLoop(h)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        await get(h, client)
         await h.settle(5)
         (session,) = h.endpoint.sessions
         before, deadline = counter.calls, session.deadline()
@@ -450,8 +452,7 @@ def test_retry_then_handshake(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.hello, quic_retry=True)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        stream_id = await get(h, client)
         assert client.response(stream_id).status == 200
         assert h.stats.retries == 1
     run(main())
@@ -526,8 +527,7 @@ def test_no_quic_0rtt_resumes_without_early_data(certs: CertSet) -> None:
         assert ticket.max_early_data_size is None
         client = h.client(address=("10.0.0.2", 50001), connect=False, session_ticket=ticket)
         client.connect(SERVER_ADDR, h.clock.now)
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        stream_id = await get(h, client)
         assert client.handshake.session_resumed and not client.handshake.early_data_accepted
         assert client.response(stream_id).status == 200
     run(main())
@@ -537,8 +537,7 @@ def test_quic_v2(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.hello)
         client = h.client(supported_versions=[QuicProtocolVersion.VERSION_2])
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        stream_id = await get(h, client)
         assert client.response(stream_id).status == 200
         long_headers = [d for d, src, _ in h.link.log if src == SERVER_ADDR and d[0] & 0x80]
         assert long_headers
@@ -550,12 +549,10 @@ def test_scope_client_follows_a_nat_rebinding(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.scope_json)
         client = h.client()
-        first = client.request("GET", "/")
-        await h.run(done(client, first))
+        first = await get(h, client)
         assert json.loads(client.response(first).body)["client"] == list(CLIENT_ADDR)
         h.link.rewrite_source[CLIENT_ADDR] = ("10.0.0.2", 50999)
-        second = client.request("GET", "/")
-        await h.run(done(client, second))
+        second = await get(h, client)
         assert json.loads(client.response(second).body)["client"] == ["10.0.0.2", 50999]
     run(main())
 
@@ -564,13 +561,11 @@ def test_router_follows_issued_and_retired_connection_ids(certs: CertSet) -> Non
     async def main() -> None:
         h = harness(certs, apps.hello)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        await get(h, client)
         before = h.endpoint.router_statistics().connection_ids  # type: ignore[attr-defined]
         assert before > 1, "the CIDs announced in NEW_CONNECTION_ID must be routed"
         client.quic.change_connection_id()
-        second = client.request("GET", "/")
-        await h.run(done(client, second))
+        second = await get(h, client)
         assert client.response(second).status == 200
     run(main())
 
@@ -580,8 +575,7 @@ def test_stream_send_buffered_reads_unacknowledged_bytes(certs: CertSet) -> None
     async def main() -> None:
         h = harness(certs, apps.hello)
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        await get(h, client)
         (session,) = h.endpoint.sessions
         quic = session._quic
         assert stream_send_buffered(quic, 999_996) == 0
@@ -645,8 +639,7 @@ def test_required_client_certificate_is_verified_and_exposed(certs: CertSet) -> 
     async def main() -> None:
         h = harness(certs, apps.hello, ca_certs=str(certs.ca))
         client = h.client(certificate=(str(certs.client_cert), str(certs.client_key)))
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        stream_id = await get(h, client)
         assert client.response(stream_id).status == 200
         (session,) = h.endpoint.sessions
         subject = session.connection_info().client_cert
@@ -682,8 +675,7 @@ def test_optional_client_certificate_may_be_absent(certs: CertSet) -> None:
     async def main() -> None:
         h = harness(certs, apps.hello, ca_certs=str(certs.ca), verify_mode="optional")
         client = h.client()
-        stream_id = client.request("GET", "/")
-        await h.run(done(client, stream_id))
+        stream_id = await get(h, client)
         assert client.response(stream_id).status == 200
         (session,) = h.endpoint.sessions
         assert session.connection_info().client_cert is None

@@ -148,6 +148,20 @@ async def start_listener(*, ssl_context: ssl.SSLContext | None = None, adapters:
     return listener
 
 
+async def recorded_connection() -> tuple[TcpListener, asyncio.StreamReader,
+                                         asyncio.StreamWriter, Recorder]:
+    """A listener whose connections are Recorders, and one client connection
+    to it (1 MiB read limit) whose first bytes the Recorder has received."""
+    Recorder.reset()
+    listener = await start_listener(adapters={"http/1.1": Recorder})
+    host, port = listener.addresses[0]  # type: ignore[misc]
+    reader, writer = await asyncio.open_connection(host, port, limit=2**20)
+    writer.write(b"go")
+    recorder = await Recorder.first()
+    await asyncio.wait_for(recorder.got_data.wait(), 5)
+    return listener, reader, writer, recorder
+
+
 def server_tls(certs: CertSet, **kwargs: Any) -> ssl.SSLContext:
     options: dict[str, Any] = dict(certfile=str(certs.cert), keyfile=str(certs.key), password=None,
                                    ca_certs=None, verify_mode=None, alpn=["h2", "http/1.1"],
@@ -253,13 +267,7 @@ def test_timer_rearm_later_and_earlier() -> None:
 @pytest.mark.parametrize("loop", LOOPS)
 def test_write_backpressure_waits_until_the_client_reads(loop: str) -> None:
     async def main() -> None:
-        Recorder.reset()
-        listener = await start_listener(adapters={"http/1.1": Recorder})
-        host, port = listener.addresses[0]  # type: ignore[misc]
-        reader, writer = await asyncio.open_connection(host, port, limit=2**20)
-        writer.write(b"go")
-        recorder = await Recorder.first()
-        await asyncio.wait_for(recorder.got_data.wait(), 5)
+        listener, reader, writer, recorder = await recorded_connection()
         transport = recorder.transport
         chunk = b"z" * 65536
         written = 0
@@ -580,13 +588,7 @@ def test_writes_of_one_turn_arrive_in_order_and_before_close(loop: str) -> None:
     and large writes keep their order, and close() in the same turn sends
     them all before the FIN."""
     async def main() -> None:
-        Recorder.reset()
-        listener = await start_listener(adapters={"http/1.1": Recorder})
-        host, port = listener.addresses[0]  # type: ignore[misc]
-        reader, writer = await asyncio.open_connection(host, port, limit=2**20)
-        writer.write(b"go")
-        recorder = await Recorder.first()
-        await asyncio.wait_for(recorder.got_data.wait(), 5)
+        listener, reader, writer, recorder = await recorded_connection()
         transport = recorder.transport
         expected = bytearray()
         for i in range(300):  # small ones, a large one (sent at once), small ones again
