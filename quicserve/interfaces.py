@@ -269,6 +269,7 @@ class Statistics:
         "tcp_connections", "quic_sessions", "streams", "app_tasks",
         "requests", "datagrams_received", "datagrams_sent", "datagrams_dropped",
         "stateless_resets", "version_negotiations", "retries",
+        "datagrams_handed_off", "datagrams_handed_in",
     )
 
     def __init__(self) -> None:
@@ -283,6 +284,10 @@ class Statistics:
         self.stateless_resets = 0
         self.version_negotiations = 0
         self.retries = 0
+        #: --workers: new connections' datagrams sent to / taken from another
+        #: worker (transport/handoff.py).
+        self.datagrams_handed_off = 0
+        self.datagrams_handed_in = 0
 
     def snapshot(self) -> dict[str, int]:
         return {name: getattr(self, name) for name in self.__slots__}

@@ -413,12 +413,14 @@ class Server:
                 raise StartupError(_one_line(exc)) from exc
         ctx = self._context(loop, None)
         listeners: list[Listener] = []
-        for bound in udp:
+        handoffs = worker.udp_handoff if worker is not None else ()
+        for index, bound in enumerate(udp):
             try:
                 listeners.append(await udp_module.open_udp_endpoint(
                     bound.sock, ctx=ctx, config=self.config, secrets=secrets,
                     worker_id=worker.worker_id if worker else 0,
-                    worker_count=worker.worker_count if worker else 1))
+                    worker_count=worker.worker_count if worker else 1,
+                    handoff=handoffs[index] if index < len(handoffs) else None))
             except (OSError, ValueError) as exc:
                 for listener in listeners:
                     listener.abort()

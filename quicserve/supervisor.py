@@ -12,7 +12,10 @@ Theory of operation
    SO_REUSEPORT group steered by the first byte of the destination connection
    ID (``transport/steering.py``).  Worker ``i`` gets socket ``i`` of every
    group, and issues only connection IDs that steer back to ``i``
-   (``quic/cid.py``);
+   (``quic/cid.py``).  With it, per group, the handoff
+   (``transport/handoff.py``): a load board in shared memory and an inbox per
+   worker, through which a worker hands a new connection's first datagram
+   to a less-loaded one;
 2. loads or generates the QUIC master secret once (``--quic-secret-file``) and
    hands it to every worker, so a Retry token, session ticket or
    stateless-reset token made by one worker is honoured by any other and by a
@@ -31,7 +34,9 @@ Theory of operation
    worker died   restarted with the same ``worker_id``, hence the same UDP
                  socket; its clients' packets now reach a process that does
                  not know their connections and answers with a stateless
-                 reset (the reset key is shared), so no client hangs.  A
+                 reset (the reset key is shared), so no client hangs.  Its
+                 load-board slot reads unavailable until the successor
+                 serves, so no new connection is handed to it meanwhile.  A
                  worker that dies *before it ever became ready* with a
                  non-zero status is a boot failure (bad app, lifespan
                  startup failed): everything stops with that status.
@@ -96,6 +101,7 @@ from .log import configure as configure_logging
 from .log import error_logger
 from .transport import sockets, steering
 from .transport.batch import size_buffers
+from .transport.handoff import Handoff, HandoffGroup
 
 EXIT_OK = 0
 EXIT_FAILURE = 1
@@ -140,6 +146,9 @@ class WorkerContext:
     quic_secret: bytes
     max_requests: int | None
     on_started: Callable[[Statistics], None]
+    #: Per ``udp`` socket: this worker's share of the group's handoff
+    #: (``transport/handoff.py``), None with one worker.
+    udp_handoff: tuple[Handoff | None, ...] = ()
 
 
 WorkerMain = Callable[[Config, WorkerContext], int]
@@ -176,6 +185,8 @@ class _Listeners:
     tcp: list[sockets.BoundSocket] = field(default_factory=list)
     #: udp[i] is the group of the i-th --quic-bind; udp[i][w] is worker w's socket.
     udp: list[list[sockets.BoundSocket]] = field(default_factory=list)
+    #: handoffs[i]: the i-th group's inboxes and load board (more than one worker).
+    handoffs: list[HandoffGroup] = field(default_factory=list)
 
     def close(self) -> None:
         for bound in self.tcp:
@@ -183,6 +194,8 @@ class _Listeners:
         for group in self.udp:
             for bound in group:
                 sockets.close(bound)
+        for handoff in self.handoffs:
+            handoff.close()
 
     def for_worker(self, worker_id: int) -> tuple[tuple[sockets.BoundSocket, ...],
                                                    tuple[sockets.BoundSocket, ...]]:
@@ -246,6 +259,8 @@ def open_listeners(config: Config) -> _Listeners:
             listeners.tcp.append(sockets.open_tcp(spec, backlog=config.backlog))
         for spec in config.quic_binds():
             listeners.udp.append(_open_udp_group(spec, config.workers))
+            if config.workers > 1:
+                listeners.handoffs.append(HandoffGroup(config.workers))
     except BaseException:
         listeners.close()
         raise
@@ -460,8 +475,9 @@ class Supervisor:
 
     def _context_args(self, worker_id: int, limit: int | None) -> dict[str, object]:
         tcp, udp = self._listeners.for_worker(worker_id)
+        handoffs = tuple(group.for_worker(worker_id) for group in self._listeners.handoffs)
         return {"worker_id": worker_id, "worker_count": self._count, "tcp": tcp, "udp": udp,
-                "quic_secret": self._secret, "max_requests": limit}
+                "quic_secret": self._secret, "max_requests": limit, "udp_handoff": handoffs}
 
     def _become_worker(self, worker_id: int, limit: int | None,
                        context_args: dict[str, object]) -> None:
@@ -476,6 +492,8 @@ class Supervisor:
                 if sock.family != socket.AF_UNIX and sock.type == socket.SOCK_DGRAM \
                         and sock.fileno() not in own:
                     sock.close()  # other workers' sockets; the supervisor keeps the group
+            for group in self._listeners.handoffs:
+                group.close_others(worker_id)
             for fd in (self._signal_r, self._signal_w, self._ready_r):
                 os.close(fd)
             self._selector.close()
@@ -543,6 +561,8 @@ class Supervisor:
             self._on_exit(slot, worker, os.waitstatus_to_exitcode(status))
 
     def _on_exit(self, slot: _Slot, worker: _Worker, code: int) -> None:
+        for group in self._listeners.handoffs:
+            group.mark_unavailable(worker.worker_id)
         how = f"was killed by {signal.Signals(-code).name}" if code < 0 else f"exited with {code}"
         if self._state is State.STOPPING:
             error_logger.info("worker %d (pid %d) %s", worker.worker_id, worker.pid, how)

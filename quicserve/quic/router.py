@@ -12,6 +12,8 @@ and carries out the answer:
 * :class:`Reply` -- send ``data`` back to the source address (Version
   Negotiation, Retry, or a stateless reset).  No session exists.
 * :class:`Drop` -- ignore it; ``reason`` says why, and it is counted.
+* :class:`Forward` -- with ``--workers`` > 1: hand the datagram to another
+  worker, which creates the connection (``transport/handoff.py``).
 
 The decision follows RFC 8999 (version-independent invariants), RFC 9000
 and RFC 9369 (QUIC v2), in this order:
@@ -30,6 +32,14 @@ and RFC 9369 (QUIC v2), in this order:
    not accepting (graceful shutdown) or at ``max_sessions`` -> Drop.  Without
    keys there is no way to send CONNECTION_CLOSE(CONNECTION_REFUSED), so the
    client's own timeout ends the attempt.  Otherwise:
+
+   Before those two checks, with a :class:`Balancer` (``--workers`` > 1) and
+   for an Initial that was not itself handed over and carries no Retry token
+   of ours: when the balancer names a less-loaded worker (or any accepting
+   one, while this one is not accepting) -> Forward(worker), and the DCID is
+   remembered for :data:`HANDOFF_TTL` seconds so the client's further
+   Initial and 0-RTT packets under it follow (-> Forward(worker) again,
+   checked right after step 1).  Otherwise:
 
    * Retry disabled -> Create(original_dcid=DCID).
    * Retry enabled and the token is empty *or not shaped like one of our
@@ -67,7 +77,7 @@ import enum
 import secrets
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Generic, Literal, Mapping, Sequence, TypeVar
+from typing import Generic, Literal, Mapping, Protocol, Sequence, TypeVar
 
 from aioquic.quic.packet import encode_quic_retry, encode_quic_version_negotiation
 
@@ -86,6 +96,12 @@ MIN_STATELESS_RESET = 21
 #: Resets are never longer than this; a short reset costs less and still
 #: looks like a small 1-RTT packet.
 MAX_STATELESS_RESET = 43
+
+#: How long the DCID of a handed-over Initial keeps pointing at the worker it
+#: went to: the client uses it only until the first server packet arrives.
+HANDOFF_TTL = 10.0
+#: Most DCIDs remembered as handed over; beyond it connections stay local.
+MAX_HANDOFFS = 4096
 
 VERSION_NEGOTIATION = 0
 VERSION_1 = 0x00000001
@@ -153,6 +169,14 @@ class Create:
     token_invalid: bool
 
 
+@dataclass(frozen=True, slots=True)
+class Forward:
+    """Hand the datagram (a new connection's) to worker ``worker``."""
+
+    worker: int
+    dcid: bytes
+
+
 ReplyKind = Literal["version_negotiation", "retry", "stateless_reset"]
 
 
@@ -169,7 +193,16 @@ class Drop:
     reason: str
 
 
-Action = Deliver[S] | Create | Reply | Drop
+Action = Deliver[S] | Create | Reply | Drop | Forward
+
+
+class Balancer(Protocol):
+    """Which worker should take a new connection (``transport/handoff.py``)."""
+
+    def choose(self, sessions: int, accepting: bool) -> int | None:
+        """Another worker's id, or None to keep the connection here.
+        ``sessions``: how many this worker holds; ``accepting``: whether it
+        could take one more."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -182,6 +215,7 @@ class RouterStats:
     stateless_resets: int
     sessions: int
     connection_ids: int
+    handed_off: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -308,6 +342,7 @@ class CidRouter(Generic[S]):
         reset_rate: int,
         max_sessions: int,
         accepting: bool = True,
+        balancer: Balancer | None = None,
     ) -> None:
         if not supported_versions:
             raise ValueError("supported_versions must not be empty")
@@ -328,6 +363,10 @@ class CidRouter(Generic[S]):
         self._created = 0
         self._dropped: dict[str, int] = {}
         self._replies = {"version_negotiation": 0, "retry": 0, "stateless_reset": 0}
+        self._balancer = balancer
+        #: DCID of a handed-over Initial -> (worker, until when).
+        self._handed: dict[bytes, tuple[int, float]] = {}
+        self._handed_off = 0
 
     # -- the session table ------------------------------------------------
 
@@ -365,19 +404,23 @@ class CidRouter(Generic[S]):
 
     # -- routing ------------------------------------------------------------
 
-    def route(self, data: bytes, addr: tuple[str, int], now: float) -> Deliver[S] | Create | Reply | Drop:
-        """Decide what to do with one datagram from ``addr`` (see the module docstring)."""
+    def route(self, data: bytes, addr: tuple[str, int], now: float,
+              handed: bool = False) -> Action[S]:
+        """Decide what to do with one datagram from ``addr`` (see the module
+        docstring).  ``handed``: another worker handed it over; it is never
+        handed on."""
         if not data:
             return self._drop(DropReason.EMPTY)
         if data[0] & _LONG_HEADER:
-            return self._route_long(data, addr, now)
+            return self._route_long(data, addr, now, handed)
         deliver = self._routes.get(data[1:1 + self._cid_length])
         if deliver is not None:
             self._delivered += 1
             return deliver
         return self._route_unknown_short(data, now)
 
-    def _route_long(self, data: bytes, addr: tuple[str, int], now: float) -> Deliver[S] | Create | Reply | Drop:
+    def _route_long(self, data: bytes, addr: tuple[str, int], now: float,
+                    handed: bool) -> Action[S]:
         try:
             header = _untrusted_long_header(data, self._supported)
         except MalformedPacket:
@@ -386,13 +429,20 @@ class CidRouter(Generic[S]):
         if deliver is not None:
             self._delivered += 1
             return deliver
+        if self._handed and not handed:
+            entry = self._handed.get(header.dcid)
+            if entry is not None:
+                if entry[1] > now and header.kind in (PacketKind.INITIAL, PacketKind.ZERO_RTT):
+                    return Forward(entry[0], header.dcid)
+                if entry[1] <= now:
+                    del self._handed[header.dcid]
         if header.version == VERSION_NEGOTIATION:
             return self._drop(DropReason.VERSION_NEGOTIATION_PACKET)
         if header.kind is None:
             return self._version_negotiation(data, header)
         if header.kind is not PacketKind.INITIAL:
             return self._drop(DropReason.UNKNOWN_CONNECTION_ID)
-        return self._route_initial(data, header, addr, now)
+        return self._route_initial(data, header, addr, now, handed)
 
     def _version_negotiation(self, data: bytes, header: LongHeader) -> Reply | Drop:
         if len(data) < MIN_INITIAL_DATAGRAM:
@@ -403,11 +453,15 @@ class CidRouter(Generic[S]):
         return self._reply(packet, "version_negotiation")
 
     def _route_initial(self, data: bytes, header: LongHeader, addr: tuple[str, int],
-                       now: float) -> Create | Reply | Drop:
+                       now: float, handed: bool) -> Create | Reply | Drop | Forward:
         if len(data) < MIN_INITIAL_DATAGRAM:
             return self._drop(DropReason.INITIAL_TOO_SMALL)
         if len(header.dcid) < MIN_INITIAL_DCID:
             return self._drop(DropReason.INITIAL_DCID_TOO_SHORT)
+        if self._balancer is not None and not handed:
+            forward = self._balance(header, now)
+            if forward is not None:
+                return forward
         if not self.accepting:
             return self._drop(DropReason.NOT_ACCEPTING)
         if len(self._sessions) >= self._max_sessions:
@@ -426,6 +480,30 @@ class CidRouter(Generic[S]):
                                 token_invalid=True)
         return self._create(header, original_dcid=info.original_dcid,
                             retry_source_cid=info.retry_scid)
+
+    def _balance(self, header: LongHeader, now: float) -> Forward | None:
+        balancer = self._balancer
+        if balancer is None or (self._retry is not None
+                                and self._retry.is_retry_token(header.token)):
+            return None  # (a Retry already chose the worker: its SCID steers)
+        handed = self._handed
+        if len(handed) >= MAX_HANDOFFS:
+            for dcid in [d for d, (_, until) in handed.items() if until <= now]:
+                del handed[dcid]
+            if len(handed) >= MAX_HANDOFFS:
+                return None
+        sessions = len(self._sessions)
+        worker = balancer.choose(sessions, self.accepting and sessions < self._max_sessions)
+        if worker is None:
+            return None
+        handed[header.dcid] = (worker, now + HANDOFF_TTL)
+        self._handed_off += 1
+        return Forward(worker, header.dcid)
+
+    def handoff_failed(self, dcid: bytes) -> None:
+        """The Forward for ``dcid`` could not be carried out: its packets are
+        routed here again (and its Initial creates the connection here)."""
+        self._handed.pop(dcid, None)
 
     def _send_retry(self, header: LongHeader, addr: tuple[str, int], now: float) -> Reply:
         # Checked by the caller; repeated so the type checker knows.
@@ -482,4 +560,5 @@ class CidRouter(Generic[S]):
             dropped=MappingProxyType(dict(self._dropped)),
             version_negotiations=self._replies["version_negotiation"],
             retries=self._replies["retry"], stateless_resets=self._replies["stateless_reset"],
-            sessions=len(self._sessions), connection_ids=len(self._routes))
+            sessions=len(self._sessions), connection_ids=len(self._routes),
+            handed_off=self._handed_off)

@@ -44,6 +44,16 @@ Initials are dropped), ``shutdown`` (GOAWAY on every session; each closes
 with H3_NO_ERROR once its streams are done), ``wait_closed``, and ``abort``
 (CONNECTION_CLOSE on every session now).
 
+With ``--workers`` > 1 the endpoint also has a
+:class:`~quicserve.transport.handoff.Handoff`: the router may answer
+``Forward`` for a new connection's Initial, and the endpoint sends the
+datagram to that worker's inbox (or, if that fails, serves it itself); the
+endpoint reads its own inbox like a second socket and routes what arrives
+there as received from the client (counted as ``datagrams_handed_in``, not
+``datagrams_received``, so each client datagram is counted once in all).  It
+publishes its session count on the group's load board after each change, and
+:data:`~quicserve.transport.handoff.UNAVAILABLE` once it stops accepting.
+
 The socket itself is behind a :class:`DatagramIO`: in production
 ``transport/udp_socket.py``'s ``SocketIO`` (GRO receives, one GSO send per
 flush); in tests an in-memory link.  Each flush hands *all* its datagrams to
@@ -61,14 +71,16 @@ from typing import IO, TYPE_CHECKING, Callable, Protocol
 from ..log import error_logger, open_keylog
 from ..quic.cid import CidIssuer, StatelessResetKeys
 from ..quic.connection import NetworkAddress, QuicSession, SessionFactory
-from ..quic.router import CidRouter, Create, Deliver, Drop, Reply
+from ..quic.router import CidRouter, Create, Deliver, Drop, Forward, Reply
 from ..quic.settings import SUPPORTED_VERSIONS, quic_settings
 from ..quic.tokens import QuicSecrets, RetryTokens, SessionTicketStore
+from .handoff import UNAVAILABLE
 from .udp_socket import SocketIO
 
 if TYPE_CHECKING:
     from ..config import Config
     from ..interfaces import ConnectionContext
+    from .handoff import Handoff
 
 
 #: Datagrams one session may send in one flush by taking further pacer
@@ -106,8 +118,10 @@ class UdpEndpoint:
     def __init__(self, *, loop: asyncio.AbstractEventLoop, router: CidRouter[QuicSession],
                  factory: SessionFactory, ctx: ConnectionContext,
                  keylog: IO[str] | None = None,
-                 clock: Callable[[], float] | None = None) -> None:
+                 clock: Callable[[], float] | None = None,
+                 handoff: Handoff | None = None) -> None:
         self._loop = loop
+        self._handoff = handoff
         #: ``now`` for the sessions; None: the loop's own clock (fake loops).
         self._clock = clock
         self._now: Callable[[], float] = clock if clock is not None else loop.time
@@ -131,6 +145,9 @@ class UdpEndpoint:
         """Start sending through ``io``; ``address`` is where it is bound."""
         self._io = io
         self._addresses = [address]
+        if self._handoff is not None:
+            self._loop.add_reader(self._handoff.inbox.fileno(), self._inbox_readable)
+            self._publish()  # (from now on other workers may hand connections here)
 
     def datagram_received(self, data: bytes, addr: NetworkAddress) -> None:
         """One datagram off the socket (called by the DatagramIO)."""
@@ -139,8 +156,9 @@ class UdpEndpoint:
 
     # -- receive path -------------------------------------------------------------
 
-    def _dispatch(self, data: bytes, addr: NetworkAddress, now: float) -> None:
-        action = self._router.route(data, (addr[0], addr[1]), now)
+    def _dispatch(self, data: bytes, addr: NetworkAddress, now: float,
+                  handed: bool = False) -> None:
+        action = self._router.route(data, (addr[0], addr[1]), now, handed)
         if type(action) is Deliver:
             action.session.receive(data, addr, now)
         elif isinstance(action, Create):
@@ -149,6 +167,31 @@ class UdpEndpoint:
             self._reply(action, addr)
         elif isinstance(action, Drop):
             self._stats.datagrams_dropped += 1
+        elif isinstance(action, Forward):
+            self._forward(action, data, addr, now)
+
+    def _forward(self, action: Forward, data: bytes, addr: NetworkAddress, now: float) -> None:
+        handoff = self._handoff
+        if handoff is not None and handoff.forward(action.worker, data, addr):
+            self._stats.datagrams_handed_off += 1
+            return
+        # The other worker cannot take it (gone, or its inbox is full).
+        self._router.handoff_failed(action.dcid)
+        self._dispatch(data, addr, now, handed=True)
+
+    def _inbox_readable(self) -> None:
+        handoff = self._handoff
+        if handoff is None:
+            return
+        now = self._now()
+        stats = self._stats
+        for data, addr in handoff.receive():
+            stats.datagrams_handed_in += 1
+            self._dispatch(data, addr, now, handed=True)
+
+    def _publish(self) -> None:
+        if self._handoff is not None and self._router.accepting:
+            self._handoff.publish(len(self._sessions))
 
     def _reply(self, action: Reply, addr: NetworkAddress) -> None:
         stats = self._stats
@@ -167,6 +210,7 @@ class UdpEndpoint:
         self._stats.quic_sessions += 1
         self._router.add(action.dcid, session)
         self._router.add(session.host_cid, session)
+        self._publish()
         session.receive(data, addr, now)
 
     # -- SessionOwner -------------------------------------------------------------------
@@ -194,6 +238,7 @@ class UdpEndpoint:
         if timer is not None:
             timer[1].cancel()
         self._stats.quic_sessions -= 1
+        self._publish()
         if not self._sessions:
             self._all_closed.set()
 
@@ -257,6 +302,8 @@ class UdpEndpoint:
 
     def stop_accepting(self) -> None:
         self._router.accepting = False
+        if self._handoff is not None:
+            self._handoff.publish(UNAVAILABLE)
 
     def shutdown(self) -> None:
         # RFC 9114 section 5.2's two steps: announce (GOAWAY with the largest
@@ -316,6 +363,12 @@ class UdpEndpoint:
     def _close_transport(self) -> None:
         if self._io is not None:
             self._io.close()
+        handoff, self._handoff = self._handoff, None
+        if handoff is not None:
+            fd = handoff.inbox.fileno()
+            if fd >= 0:
+                self._loop.remove_reader(fd)
+            handoff.inbox.close()
         if self._keylog is not None:
             self._keylog.close()
             self._keylog = None
@@ -329,6 +382,7 @@ async def open_udp_endpoint(
     secrets: QuicSecrets,
     worker_id: int = 0,
     worker_count: int = 1,
+    handoff: Handoff | None = None,
 ) -> UdpEndpoint:
     """Serve QUIC on the bound UDP socket ``sock``.
 
@@ -348,7 +402,7 @@ async def open_udp_endpoint(
         endpoint = build_endpoint(loop=loop, ctx=ctx, config=config, secrets=secrets,
                                   server=(sockname[0], sockname[1]), keylog=keylog,
                                   worker_id=worker_id, worker_count=worker_count,
-                                  clock=time.monotonic)
+                                  clock=time.monotonic, handoff=handoff)
     except BaseException:
         if keylog is not None:
             keylog.close()
@@ -369,6 +423,7 @@ def build_endpoint(
     worker_id: int = 0,
     worker_count: int = 1,
     clock: Callable[[], float] | None = None,
+    handoff: Handoff | None = None,
 ) -> UdpEndpoint:
     """Wire an endpoint (router, session factory) without a socket yet.
 
@@ -388,8 +443,9 @@ def build_endpoint(
         supported_versions=SUPPORTED_VERSIONS,
         reset_rate=config.quic_stateless_reset_rate,
         max_sessions=settings.max_connections,
+        balancer=handoff,
     )
     factory = SessionFactory(ctx=ctx, settings=settings, issuer=issuer, reset_keys=reset_keys,
                              tickets=SessionTicketStore(secrets.ticket_key), server=server)
     return UdpEndpoint(loop=loop, router=router, factory=factory, ctx=ctx, keylog=keylog,
-                       clock=clock)
+                       clock=clock, handoff=handoff)

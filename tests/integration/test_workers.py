@@ -313,6 +313,20 @@ class QuicWorkers(Supervised):
         records = _read_stats(self.stats_dir, self.workers, began)
         return {int(r["worker_id"]): r["stats"] for r in records}  # type: ignore[misc]
 
+    def quiet(self, timeout: float = 15) -> dict[int, dict[str, int]]:
+        """The counters once no worker holds a QUIC session (earlier clients'
+        connections have closed), so that a new connection is not handed
+        to the other worker for balance (``transport/handoff.py``) and a
+        pinned DCID decides which worker serves it."""
+        deadline = time.monotonic() + timeout
+        while True:
+            stats = self.statistics()
+            if all(s["quic_sessions"] == 0 for s in stats.values()):
+                return stats
+            if time.monotonic() > deadline:
+                raise AssertionError(f"QUIC sessions still open: {stats}")
+            time.sleep(0.2)
+
     workers = 2
 
 
@@ -406,13 +420,44 @@ def test_40_concurrent_connections_each_served_by_one_worker(quic_workers: QuicW
 
 
 @needs_gtlsclient
+def test_connections_whose_dcids_all_steer_to_one_worker_are_balanced(
+        tmp_path: Path, certs) -> None:  # type: ignore[no-untyped-def]
+    """Eight concurrent clients whose first DCIDs all steer to worker 0: it
+    hands half of the new connections to worker 1 (transport/handoff.py),
+    which serves them from their first packet on.  Every datagram a client
+    sent is counted once in all, none is dropped and no stateless reset is
+    sent: after the handoff the clients address worker 1's connection IDs."""
+    server = start_quicserve(tmp_path, certs)  # (no Retry: the handoff alone steers)
+    try:
+        before = server.quiet()
+        outputs = [tmp_path / f"client{i}.out" for i in range(8)]
+        procs = [client(server.udp_port, "/health", out, f"--dcid={2 * i:02x}01020304050607",
+                        requests=300) for i, out in enumerate(outputs)]
+        texts = [finish(proc, out) for proc, out in zip(procs, outputs)]
+        assert [t.count(":status: 200]") for t in texts] == [300] * 8
+        after = server.statistics()
+        assert delta(after, before, "requests") == {0: 1200, 1: 1200}
+        handed_off = delta(after, before, "datagrams_handed_off")
+        handed_in = delta(after, before, "datagrams_handed_in")
+        assert handed_off[0] >= 4 and handed_off[1] == 0, handed_off
+        assert handed_in == {0: 0, 1: handed_off[0]}
+        assert delta(after, before, "stateless_resets") == {0: 0, 1: 0}
+        assert delta(after, before, "datagrams_dropped") == {0: 0, 1: 0}
+        sent = sum(t.count(f"remote=[127.0.0.1]:{server.udp_port}") - t.count("Received packet")
+                   for t in texts)
+        assert sum(delta(after, before, "datagrams_received").values()) == sent
+    finally:
+        stop(server)
+
+
+@needs_gtlsclient
 def test_retry_resumption_and_0rtt_across_workers(quic_workers: QuicWorkers,
                                                   tmp_path: Path) -> None:
     """A session ticket and transport parameters from worker 0 are accepted by
     worker 1, with 0-RTT, both connections going through Retry."""
     session, params = tmp_path / "session", tmp_path / "tp"
     files = [f"--session-file={session}", f"--tp-file={params}"]
-    before = quic_workers.statistics()
+    before = quic_workers.quiet()
     first = finish(client(quic_workers.udp_port, "/health", tmp_path / "1.out", *files,
                           f"--dcid={PIN[0]}"), tmp_path / "1.out")
     middle = quic_workers.statistics()
@@ -528,16 +573,17 @@ def test_sighup_drains_a_worker_with_goaway_and_close(tmp_path: Path, certs) -> 
 @needs_gtlsclient
 def test_max_requests_recycles_real_workers_and_never_leaves_clients_hanging(
         tmp_path: Path, certs) -> None:  # type: ignore[no-untyped-def]
-    """Worker 0 is replaced after 3 requests while clients pinned to it keep
-    coming.  Initials that reach the draining worker are dropped and retried
-    by the client, to be met by its successor on the same socket.  A
-    connection accepted in the instant before the drain began may be closed
-    (GOAWAY, then CONNECTION_CLOSE with H3_NO_ERROR) before its first request
-    is served -- a client retries such a request (RFC 9114, 5.2) -- but it is
-    never left waiting."""
+    """Workers are replaced after 3 requests while clients keep coming (their
+    first Initials all steer to worker 0; the balance hands some to worker 1).
+    Initials that reach a draining worker are handed to the other one, or,
+    while neither accepts, dropped and retried by the client, to be met by a
+    successor on the same socket.  A connection accepted in the instant
+    before the drain began may be closed (GOAWAY, then CONNECTION_CLOSE with
+    H3_NO_ERROR) before its first request is served -- a client retries such
+    a request (RFC 9114, 5.2) -- but it is never left waiting."""
     server = start_quicserve(tmp_path, certs, "--max-requests", "3")
     try:
-        first = server.worker_pids()[0]
+        first = set(server.worker_pids().values())
         closed = 0
         for i in range(8):
             out = tmp_path / f"{i}.out"
@@ -552,7 +598,7 @@ def test_max_requests_recycles_real_workers_and_never_leaves_clients_hanging(
                                                     f"--dcid={PIN[0]}"), retry)
         assert closed <= 2
         server.wait_for_log("recycled after --max-requests")
-        assert server.worker_pids()[0] != first
+        assert set(server.worker_pids().values()) != first
         assert "failed to boot" not in server.text()
     finally:
         stop(server)
