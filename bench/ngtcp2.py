@@ -146,15 +146,10 @@ def client_argv(port: int, paths: Sequence[str], *, requests: int, timeout: str 
 
 
 def h3_load(port: int, *, clients: int = 4, requests: int = 2000, timeout: str = "30s",
-            body: bytes = BODY, spread: bool = False) -> LoadResult:
+            body: bytes = BODY) -> LoadResult:
     """``clients`` gtlsclient processes at once, each one connection with
     ``requests`` requests (``requests`` <= 2000, distinct paths); wall time
-    from the first start to the last exit.
-
-    ``spread=True`` gives client ``i`` a first DCID starting with byte ``i``,
-    so a steered multi-worker server gets the same number of connections on
-    every worker (what many clients' random DCIDs average out to); without
-    it, 8 random DCIDs often split 6/2 over two workers."""
+    from the first start to the last exit."""
     if requests > MAX_PATHS:
         raise ValueError(f"at most {MAX_PATHS} requests per client")
     paths = [f"/r/{i}" for i in range(requests)]
@@ -164,20 +159,14 @@ def h3_load(port: int, *, clients: int = 4, requests: int = 2000, timeout: str =
             directory.mkdir()
         began = time.perf_counter()
         procs = [subprocess.Popen(client_argv(port, paths, requests=requests, timeout=timeout,
-                                              extra=["--download", str(d), *_dcid(i, spread)]),
+                                              extra=["--download", str(d)]),
                                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-                 for i, d in enumerate(dirs)]
+                 for d in dirs]
         for proc in procs:
             proc.wait(timeout=600)
         seconds = time.perf_counter() - began
         ok = sum(_good_files(d, body) for d in dirs)
     return LoadResult(ok, clients * requests, seconds)
-
-
-def _dcid(index: int, spread: bool) -> list[str]:
-    if not spread:
-        return []
-    return [f"--dcid={index % 256:02x}{os.urandom(7).hex()}"]
 
 
 def _good_files(directory: Path, body: bytes) -> int:
