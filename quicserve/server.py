@@ -420,7 +420,8 @@ class Server:
                     bound.sock, ctx=ctx, config=self.config, secrets=secrets,
                     worker_id=worker.worker_id if worker else 0,
                     worker_count=worker.worker_count if worker else 1,
-                    handoff=handoffs[index] if index < len(handoffs) else None))
+                    handoff=handoffs[index] if index < len(handoffs) else None,
+                    replay=worker.ticket_replay if worker is not None else None))
             except (OSError, ValueError) as exc:
                 for listener in listeners:
                     listener.abort()

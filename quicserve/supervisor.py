@@ -19,7 +19,8 @@ Theory of operation
 2. loads or generates the QUIC master secret once (``--quic-secret-file``) and
    hands it to every worker, so a Retry token, session ticket or
    stateless-reset token made by one worker is honoured by any other and by a
-   restarted one;
+   restarted one; and makes the one session-ticket replay cache they all
+   share (``quic/replay.py``), so a ticket is accepted once per host;
 3. forks the workers.  ``fork`` is the right tool here: the sockets are
    inherited as they are (no fd passing, no pickling), the supervisor is one
    thread with no event loop and has not imported the application, so each
@@ -101,6 +102,7 @@ from .log import configure as configure_logging
 from .log import error_logger
 from .transport import sockets, steering
 from .transport.batch import size_buffers
+from .quic.replay import SharedReplayCache
 from .transport.handoff import Handoff, HandoffGroup
 
 EXIT_OK = 0
@@ -149,6 +151,8 @@ class WorkerContext:
     #: Per ``udp`` socket: this worker's share of the group's handoff
     #: (``transport/handoff.py``), None with one worker.
     udp_handoff: tuple[Handoff | None, ...] = ()
+    #: The session-ticket replay cache all workers share (``quic/replay.py``).
+    ticket_replay: SharedReplayCache | None = None
 
 
 WorkerMain = Callable[[Config, WorkerContext], int]
@@ -187,6 +191,8 @@ class _Listeners:
     udp: list[list[sockets.BoundSocket]] = field(default_factory=list)
     #: handoffs[i]: the i-th group's inboxes and load board (more than one worker).
     handoffs: list[HandoffGroup] = field(default_factory=list)
+    #: One session-ticket replay cache for every worker, present and future.
+    ticket_replay: SharedReplayCache | None = None
 
     def close(self) -> None:
         for bound in self.tcp:
@@ -196,6 +202,9 @@ class _Listeners:
                 sockets.close(bound)
         for handoff in self.handoffs:
             handoff.close()
+        if self.ticket_replay is not None:
+            self.ticket_replay.close()
+            self.ticket_replay = None
 
     def for_worker(self, worker_id: int) -> tuple[tuple[sockets.BoundSocket, ...],
                                                    tuple[sockets.BoundSocket, ...]]:
@@ -261,6 +270,8 @@ def open_listeners(config: Config) -> _Listeners:
             listeners.udp.append(_open_udp_group(spec, config.workers))
             if config.workers > 1:
                 listeners.handoffs.append(HandoffGroup(config.workers))
+        if listeners.udp:
+            listeners.ticket_replay = SharedReplayCache()
     except BaseException:
         listeners.close()
         raise
@@ -477,7 +488,8 @@ class Supervisor:
         tcp, udp = self._listeners.for_worker(worker_id)
         handoffs = tuple(group.for_worker(worker_id) for group in self._listeners.handoffs)
         return {"worker_id": worker_id, "worker_count": self._count, "tcp": tcp, "udp": udp,
-                "quic_secret": self._secret, "max_requests": limit, "udp_handoff": handoffs}
+                "quic_secret": self._secret, "max_requests": limit, "udp_handoff": handoffs,
+                "ticket_replay": self._listeners.ticket_replay}
 
     def _become_worker(self, worker_id: int, limit: int | None,
                        context_args: dict[str, object]) -> None:

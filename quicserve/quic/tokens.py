@@ -28,9 +28,11 @@ the whole resumption state (cipher suite, resumption secret, validity,
 early-data limit, extensions).  aioquic generates a random label itself, so
 ``quic/internals.py`` replaces the label on the wire with :meth:`seal`'s
 output; :meth:`pop` opens any label sealed with the same key, in any process.
-Within one process a label is accepted once (a bounded replay cache), which
-limits 0-RTT replay to one per process; across processes 0-RTT replay is
-possible, which is why unsafe methods in 0-RTT are answered 425 (RFC 8470).
+A label is accepted once per replay cache (``quic/replay.py``): one per
+process, or, under the supervisor, one shared by every worker, so 0-RTT
+replay is limited to one per host.  Across hosts sharing a secret file
+0-RTT replay is possible, which is why unsafe methods in 0-RTT are answered
+425 (RFC 8470).
 
 This module does no I/O except :meth:`QuicSecrets.load` reading the secret
 file once at start-up.
@@ -57,6 +59,7 @@ from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
 from quicserve.errors import QuicserveError
 from quicserve.log import error_logger
+from quicserve.quic.replay import LocalReplayCache, ReplayCache
 
 MASTER_SECRET_LENGTH = 32
 _SUBKEY_LENGTH = 32
@@ -286,7 +289,8 @@ class SessionTicketStore:
     cache) and locally added tickets; the oldest are forgotten first.
     """
 
-    def __init__(self, key: bytes, *, lifetime: float = 86400, max_entries: int = 65536) -> None:
+    def __init__(self, key: bytes, *, lifetime: float = 86400, max_entries: int = 65536,
+                 replay: ReplayCache | None = None) -> None:
         if len(key) not in (16, 24, 32):
             raise ValueError("session ticket key must be 16, 24 or 32 bytes")
         if not 0 < lifetime <= 7 * 86400:
@@ -294,7 +298,7 @@ class SessionTicketStore:
         self._aead = AESGCM(key)
         self.lifetime = lifetime
         self._max_entries = max_entries
-        self._used: collections.OrderedDict[bytes, None] = collections.OrderedDict()
+        self._replay = replay if replay is not None else LocalReplayCache(max_entries)
         self._local: collections.OrderedDict[bytes, tls.SessionTicket] = collections.OrderedDict()
 
     def seal(self, ticket: tls.SessionTicket) -> bytes:
@@ -316,12 +320,8 @@ class SessionTicketStore:
         ticket = self._open(label)
         if ticket is None or not ticket.is_valid:
             return None
-        nonce = label[1:1 + _NONCE_LENGTH]
-        if nonce in self._used:
+        if not self._replay.first_use(label[1:1 + _NONCE_LENGTH]):
             return None
-        self._used[nonce] = None
-        while len(self._used) > self._max_entries:
-            self._used.popitem(last=False)
         return ticket
 
     def _open(self, label: bytes) -> tls.SessionTicket | None:

@@ -80,6 +80,7 @@ from .udp_socket import SocketIO
 if TYPE_CHECKING:
     from ..config import Config
     from ..interfaces import ConnectionContext
+    from ..quic.replay import ReplayCache
     from .handoff import Handoff
 
 
@@ -383,8 +384,13 @@ async def open_udp_endpoint(
     worker_id: int = 0,
     worker_count: int = 1,
     handoff: Handoff | None = None,
+    replay: ReplayCache | None = None,
 ) -> UdpEndpoint:
     """Serve QUIC on the bound UDP socket ``sock``.
+
+    ``handoff`` and ``replay`` come from the supervisor (``--workers``): this
+    worker's share of the group's handoff, and the session-ticket replay
+    cache every worker shares (default: one of the process's own).
 
     Error handling: a bad certificate, key or password, or a missing qlog
     directory, raises here (``OSError``/``ValueError``), before any datagram
@@ -402,7 +408,7 @@ async def open_udp_endpoint(
         endpoint = build_endpoint(loop=loop, ctx=ctx, config=config, secrets=secrets,
                                   server=(sockname[0], sockname[1]), keylog=keylog,
                                   worker_id=worker_id, worker_count=worker_count,
-                                  clock=time.monotonic, handoff=handoff)
+                                  clock=time.monotonic, handoff=handoff, replay=replay)
     except BaseException:
         if keylog is not None:
             keylog.close()
@@ -424,6 +430,7 @@ def build_endpoint(
     worker_count: int = 1,
     clock: Callable[[], float] | None = None,
     handoff: Handoff | None = None,
+    replay: ReplayCache | None = None,
 ) -> UdpEndpoint:
     """Wire an endpoint (router, session factory) without a socket yet.
 
@@ -446,6 +453,7 @@ def build_endpoint(
         balancer=handoff,
     )
     factory = SessionFactory(ctx=ctx, settings=settings, issuer=issuer, reset_keys=reset_keys,
-                             tickets=SessionTicketStore(secrets.ticket_key), server=server)
+                             tickets=SessionTicketStore(secrets.ticket_key, replay=replay),
+                             server=server)
     return UdpEndpoint(loop=loop, router=router, factory=factory, ctx=ctx, keylog=keylog,
                        clock=clock, handoff=handoff)

@@ -473,6 +473,37 @@ def test_retry_resumption_and_0rtt_across_workers(quic_workers: QuicWorkers,
 
 
 @needs_gtlsclient
+def test_a_session_ticket_gives_0rtt_once_across_workers(quic_workers: QuicWorkers,
+                                                         tmp_path: Path) -> None:
+    """A ticket used for 0-RTT on worker 1 is refused on worker 0 too (the
+    workers share one replay cache, quic/replay.py): the client then falls
+    back to a full handshake, and its request is still answered."""
+    session, params = tmp_path / "session", tmp_path / "tp"
+    quic_workers.quiet()
+    text = finish(client(quic_workers.udp_port, "/health", tmp_path / "0.out",
+                         f"--session-file={session}", f"--tp-file={params}",
+                         f"--dcid={PIN[0]}"), tmp_path / "0.out")
+    assert ":status: 200]" in text
+    ticket = session.read_bytes()
+    before = quic_workers.quiet()
+    texts = {}
+    for worker in (1, 0, 1):
+        replayed = tmp_path / f"session-{len(texts)}"
+        replayed.write_bytes(ticket)  # (the client overwrites it with a new ticket)
+        quic_workers.quiet()  # (so the pinned DCID picks the worker)
+        out = tmp_path / f"r{len(texts)}.out"
+        texts[len(texts)] = text = finish(client(
+            quic_workers.udp_port, "/health", out, f"--session-file={replayed}",
+            f"--tp-file={params}", f"--dcid={PIN[worker]}"), out)
+        assert ":status: 200]" in text
+    after = quic_workers.statistics()
+    assert delta(after, before, "requests") == {0: 1, 1: 2}
+    assert "type=0RTT" in texts[0] and "Early data was rejected" not in texts[0]
+    assert "Early data was rejected" in texts[1]
+    assert "Early data was rejected" in texts[2]
+
+
+@needs_gtlsclient
 def test_client_port_change_mid_download(quic_workers: QuicWorkers, tmp_path: Path) -> None:
     """The client moves to a new local port 300 ms into a download (active
     migration: its packets then carry a new connection ID the owning worker
