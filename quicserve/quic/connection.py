@@ -71,7 +71,7 @@ from .tlsinfo import quic_tls_info
 if TYPE_CHECKING:
     from ..protocols.base import QuicAdapter
     from .cid import CidIssuer, StatelessResetKeys
-    from .tokens import SessionTicketStore
+    from .tokens import NewTokens, SessionTicketStore
 
 NetworkAddress = tuple[str, int] | tuple[str, int, int, int]
 
@@ -384,19 +384,24 @@ class SessionFactory:
 
     def __init__(self, *, ctx: ConnectionContext, settings: QuicSettings, issuer: CidIssuer,
                  reset_keys: StatelessResetKeys, tickets: SessionTicketStore,
-                 server: Address | None) -> None:
+                 server: Address | None, new_tokens: NewTokens | None = None) -> None:
         self._ctx = ctx
         self._settings = settings
         self._issuer = issuer
         self._reset_keys = reset_keys
         self._tickets = tickets
         self._server = server
+        self._new_tokens = new_tokens
         self._client_auth = (ClientAuth(settings.verify_client, settings.ca_certs)
                              if settings.verify_client != ssl.CERT_NONE else None)
 
-    def create(self, action: Create, *, owner: SessionOwner) -> QuicSession:
+    def create(self, action: Create, *, owner: SessionOwner,
+               addr: NetworkAddress | None = None) -> QuicSession:
+        """The session for ``action``; ``addr`` is the client's address (the
+        NEW_TOKEN token it is given is bound to its IP)."""
         settings = self._settings
         auth = self._client_auth
+        new_tokens = self._new_tokens
         # With client certificates, no tickets: a resumed (PSK) handshake
         # would carry no certificate (see quic/client_auth.py).
         quic = (ManagedQuicConnection if auth is None else ClientAuthQuicConnection)(
@@ -408,6 +413,8 @@ class SessionFactory:
             ticket_store=self._tickets if auth is None else None,
             early_data=settings.early_data,
             max_streams_bidi=settings.max_streams,
+            new_token=(new_tokens.create(addr[0])
+                       if new_tokens is not None and addr is not None else None),
         )
         session = QuicSession(ctx=self._ctx, quic=quic, owner=owner, server=self._server,
                               client_dcid=action.dcid, token_invalid=action.token_invalid,

@@ -66,11 +66,16 @@ here so an aioquic upgrade that moves one fails loudly, naming it.
    perhaps an ACK or a connection-level limit) is due, it builds the 1-RTT
    packets directly, else aioquic's own method runs.  See that module.
 
-6. **Whether the pacer held the last flush back** (``_pacing_at``), so the
+6. **NEW_TOKEN.**  aioquic's server never sends one.  Given ``new_token``
+   (``--quic-retry``), the frame is written in the packet that carries
+   HANDSHAKE_DONE (:meth:`ManagedQuicConnection._write_handshake_done_frame`),
+   so it is sent again exactly when that packet is lost.
+
+7. **Whether the pacer held the last flush back** (``_pacing_at``), so the
    endpoint can take the next burst in the same loop turn once its time has
    come (:attr:`ManagedQuicConnection.pacing_blocked`).
 
-7. **Memory an idle connection does not need** (issue 6: at most 64 KiB per
+8. **Memory an idle connection does not need** (issue 6: at most 64 KiB per
    idle connection; aioquic alone keeps ~85).  Three leftovers go: the three
    16 KiB TLS output buffers (``_crypto_buffers``), released once the server
    TLS state is SERVER_POST_HANDSHAKE, in which aioquic refuses every message
@@ -181,6 +186,7 @@ class ManagedQuicConnection(QuicConnection):
         ticket_store: SessionTicketStore | None = None,
         early_data: bool = True,
         max_streams_bidi: int | None = None,
+        new_token: bytes | None = None,
         session_ticket_fetcher: tls.SessionTicketFetcher | None = None,
         session_ticket_handler: tls.SessionTicketHandler | None = None,
     ) -> None:
@@ -202,6 +208,7 @@ class ManagedQuicConnection(QuicConnection):
         self._pending_ticket: tls.SessionTicket | None = None
         self._crypto_buffers_released = False
         self._held: dict[int, int] = {}
+        self._new_token = new_token
         super().__init__(
             configuration=configuration,
             original_destination_connection_id=original_destination_connection_id,
@@ -345,6 +352,26 @@ class ManagedQuicConnection(QuicConnection):
         # quic/bulk.py builds the packets; anything else is aioquic's.
         if not write_bulk(self, builder, network_path, now):
             super()._write_application(builder, network_path, now)
+
+    # -- 6. NEW_TOKEN ----------------------------------------------------------------
+
+    def _write_handshake_done_frame(self, builder: Any) -> None:
+        # The NEW_TOKEN frame rides in the packet of HANDSHAKE_DONE: when that
+        # packet is lost aioquic writes HANDSHAKE_DONE again, and the token
+        # goes again with it.
+        super()._write_handshake_done_frame(builder=builder)
+        token = self._new_token
+        if token is None:
+            return
+        capacity = 1 + 8 + len(token)
+        if builder.remaining_buffer_space < capacity or builder.remaining_flight_space < capacity:
+            return  # (no room: this client goes without a token)
+        buf = builder.start_frame(QuicFrameType.NEW_TOKEN, capacity=capacity)
+        buf.push_uint_var(len(token))
+        buf.push_bytes(token)
+        quic_logger = self._quic_logger
+        if quic_logger is not None:
+            builder.quic_logger_frames.append(quic_logger.encode_new_token_frame(token=token))
 
     def _write_max_stream_data_frame(self, builder: Any, stream: Any) -> None:
         # The same frame aioquic's _write_stream_limits writes, with its own

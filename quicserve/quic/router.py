@@ -42,6 +42,11 @@ and RFC 9369 (QUIC v2), in this order:
    checked right after step 1).  Otherwise:
 
    * Retry disabled -> Create(original_dcid=DCID).
+   * Retry enabled and the token is one of our NEW_TOKEN tokens (given to
+     this client's IP in an earlier connection, unexpired) ->
+     Create(original_dcid=DCID): the address is already validated, no
+     Retry round trip.  A NEW_TOKEN token that fails validation counts as
+     no token (RFC 9000 section 8.1.3), so:
    * Retry enabled and the token is empty *or not shaped like one of our
      Retry tokens* -> Reply(Retry) with a new token and a fresh issuer CID as
      the Retry's source CID.  A foreign-looking token is most likely a
@@ -82,7 +87,7 @@ from typing import Generic, Literal, Mapping, Protocol, Sequence, TypeVar
 from aioquic.quic.packet import encode_quic_retry, encode_quic_version_negotiation
 
 from quicserve.quic.cid import CidIssuer, StatelessResetKeys
-from quicserve.quic.tokens import InvalidToken, RetryTokens
+from quicserve.quic.tokens import InvalidToken, NewTokens, RetryTokens
 
 S = TypeVar("S")
 
@@ -216,6 +221,7 @@ class RouterStats:
     sessions: int
     connection_ids: int
     handed_off: int = 0
+    new_tokens_accepted: int = 0
 
     @property
     def dropped_total(self) -> int:
@@ -343,6 +349,7 @@ class CidRouter(Generic[S]):
         max_sessions: int,
         accepting: bool = True,
         balancer: Balancer | None = None,
+        new_tokens: NewTokens | None = None,
     ) -> None:
         if not supported_versions:
             raise ValueError("supported_versions must not be empty")
@@ -364,6 +371,8 @@ class CidRouter(Generic[S]):
         self._dropped: dict[str, int] = {}
         self._replies = {"version_negotiation": 0, "retry": 0, "stateless_reset": 0}
         self._balancer = balancer
+        self._new_tokens = new_tokens
+        self._new_tokens_accepted = 0
         #: DCID of a handed-over Initial -> (worker, until when).
         self._handed: dict[bytes, tuple[int, float]] = {}
         self._handed_off = 0
@@ -468,6 +477,14 @@ class CidRouter(Generic[S]):
             return self._drop(DropReason.MAX_SESSIONS)
         if self._retry is None:
             return self._create(header, original_dcid=header.dcid, retry_source_cid=None)
+        new_tokens = self._new_tokens
+        if new_tokens is not None and new_tokens.is_new_token(header.token):
+            try:
+                new_tokens.validate(header.token, addr[0])
+            except InvalidToken:
+                return self._send_retry(header, addr, now)
+            self._new_tokens_accepted += 1
+            return self._create(header, original_dcid=header.dcid, retry_source_cid=None)
         if not self._retry.is_retry_token(header.token):
             return self._send_retry(header, addr, now)
         try:
@@ -561,4 +578,4 @@ class CidRouter(Generic[S]):
             version_negotiations=self._replies["version_negotiation"],
             retries=self._replies["retry"], stateless_resets=self._replies["stateless_reset"],
             sessions=len(self._sessions), connection_ids=len(self._routes),
-            handed_off=self._handed_off)
+            handed_off=self._handed_off, new_tokens_accepted=self._new_tokens_accepted)

@@ -22,6 +22,11 @@ passes in; every process that validates must use the same clock
 (``time.monotonic``/``loop.time()`` on one host).  :meth:`RetryTokens.validate`
 parses hostile bytes and can raise only :class:`InvalidToken`.
 
+**NEW_TOKEN tokens** (:class:`NewTokens`, RFC 9000 section 8.1.3) are
+given, with ``--quic-retry``, to a client whose address is validated, for
+its next connection: the same kind of box with its own key, bound to the
+client's IP only and valid for a day of wall-clock time.
+
 **Session tickets** (:class:`SessionTicketStore`) are stateless the same way:
 the ticket *label* the client stores and sends back is an AEAD box holding
 the whole resumption state (cipher suite, resumption secret, validity,
@@ -49,7 +54,9 @@ import os
 import secrets
 import stat
 import struct
+import time
 from dataclasses import dataclass
+from typing import Callable
 
 from aioquic import tls
 from cryptography.exceptions import InvalidTag
@@ -67,6 +74,7 @@ _NONCE_LENGTH = 12
 _TAG_LENGTH = 16
 
 RETRY_TOKEN_MARKER = 0x52  # "R"
+NEW_TOKEN_MARKER = 0x4E  # "N"
 TICKET_MARKER = 0x54  # "T"
 
 
@@ -195,6 +203,11 @@ def _address_bytes(addr: tuple[str, int]) -> bytes:
     return packed + struct.pack("!H", addr[1] & 0xFFFF)
 
 
+def _host_bytes(host: str) -> bytes:
+    """The client's IP alone (a NEW_TOKEN token outlives the client's port)."""
+    return _address_bytes((host, 0))[:-2]
+
+
 class RetryTokens:
     """Mint and validate Retry tokens bound to the client address.
 
@@ -242,6 +255,70 @@ class RetryTokens:
         if now > expiry:
             raise InvalidToken("Retry token expired")
         return info
+
+
+class NewTokens:
+    """Mint and validate the tokens quicserve gives clients in NEW_TOKEN frames.
+
+    With ``--quic-retry`` a client must prove its address before the server
+    spends anything on it; RFC 9000 section 8.1.3 lets the server hand a
+    validated client a token for its *next* connection, so a returning
+    client skips the Retry round trip.  The token is an AES-GCM box like a
+    Retry token, with its own key and marker::
+
+        token = 0x4E 'N' | nonce (12) | AEAD(expiry as wall-clock seconds) | tag (16)
+        additional data = 'N' | client IP (16 bytes, v4 mapped)
+
+    Bound to the client's IP, not its port (the next connection comes from
+    another port), and valid for ``lifetime`` seconds (default one day) of
+    wall-clock time, so it survives a restart of the server.  ``clock`` is
+    ``time.time`` unless a test gives its own.
+
+    Error handling: :meth:`validate` raises :class:`InvalidToken` and nothing
+    else.  Resource handling: stateless.
+    """
+
+    __slots__ = ("_aead", "lifetime", "_clock")
+
+    def __init__(self, key: bytes, *, lifetime: float = 86400.0,
+                 clock: Callable[[], float] = time.time) -> None:
+        if len(key) not in (16, 24, 32):
+            raise ValueError("NEW_TOKEN key must be 16, 24 or 32 bytes")
+        if lifetime <= 0:
+            raise ValueError("NEW_TOKEN token lifetime must be positive")
+        self._aead = AESGCM(key)
+        self.lifetime = lifetime
+        self._clock = clock
+
+    @staticmethod
+    def is_new_token(token: bytes) -> bool:
+        """Cheap shape check: could this be a NEW_TOKEN token of ours?"""
+        return len(token) == _NEW_TOKEN_LENGTH and token[0] == NEW_TOKEN_MARKER
+
+    def create(self, host: str) -> bytes:
+        nonce = secrets.token_bytes(_NONCE_LENGTH)
+        marker = bytes((NEW_TOKEN_MARKER,))
+        expiry = struct.pack("!d", self._clock() + self.lifetime)
+        return marker + nonce + self._aead.encrypt(nonce, expiry, marker + _host_bytes(host))
+
+    def validate(self, token: bytes, host: str) -> None:
+        """Return if ``token`` is ours, for ``host``, unexpired; else raise."""
+        if not self.is_new_token(token):
+            raise InvalidToken("not a NEW_TOKEN token")
+        marker = token[:1]
+        try:
+            plaintext = self._aead.decrypt(token[1:1 + _NONCE_LENGTH],
+                                           token[1 + _NONCE_LENGTH:], marker + _host_bytes(host))
+        except InvalidTag:
+            raise InvalidToken("NEW_TOKEN token failed authentication (forged or other address)") \
+                from None
+        (expiry,) = struct.unpack("!d", plaintext)
+        if self._clock() > expiry:
+            raise InvalidToken("NEW_TOKEN token expired")
+
+
+#: marker + nonce + 8-byte expiry + tag.
+_NEW_TOKEN_LENGTH = 1 + 12 + 8 + 16
 
 
 def _untrusted_retry_plaintext(data: bytes) -> tuple[float, RetryTokenInfo]:

@@ -73,7 +73,7 @@ from ..quic.cid import CidIssuer, StatelessResetKeys
 from ..quic.connection import NetworkAddress, QuicSession, SessionFactory
 from ..quic.router import CidRouter, Create, Deliver, Drop, Forward, Reply
 from ..quic.settings import SUPPORTED_VERSIONS, quic_settings
-from ..quic.tokens import QuicSecrets, RetryTokens, SessionTicketStore
+from ..quic.tokens import NewTokens, QuicSecrets, RetryTokens, SessionTicketStore
 from .handoff import UNAVAILABLE
 from .udp_socket import SocketIO
 
@@ -205,7 +205,7 @@ class UdpEndpoint:
         self._send([(action.data, addr)])
 
     def _create(self, action: Create, data: bytes, addr: NetworkAddress, now: float) -> None:
-        session = self._factory.create(action, owner=self)
+        session = self._factory.create(action, owner=self, addr=addr)
         self._sessions.add(session)
         self._all_closed.clear()
         self._stats.quic_sessions += 1
@@ -443,10 +443,14 @@ def build_endpoint(
     issuer = CidIssuer(worker_id=worker_id, worker_count=worker_count,
                        length=settings.configuration.connection_id_length)
     reset_keys = StatelessResetKeys(secrets.reset_key)
+    # With Retry on, validated clients get a NEW_TOKEN token for their next
+    # connection, which then skips the Retry.
+    new_tokens = NewTokens(secrets.new_token_key) if config.quic_retry else None
     router: CidRouter[QuicSession] = CidRouter(
         issuer=issuer,
         reset_keys=reset_keys,
         retry=RetryTokens(secrets.retry_key) if config.quic_retry else None,
+        new_tokens=new_tokens,
         supported_versions=SUPPORTED_VERSIONS,
         reset_rate=config.quic_stateless_reset_rate,
         max_sessions=settings.max_connections,
@@ -454,6 +458,6 @@ def build_endpoint(
     )
     factory = SessionFactory(ctx=ctx, settings=settings, issuer=issuer, reset_keys=reset_keys,
                              tickets=SessionTicketStore(secrets.ticket_key, replay=replay),
-                             server=server)
+                             server=server, new_tokens=new_tokens)
     return UdpEndpoint(loop=loop, router=router, factory=factory, ctx=ctx, keylog=keylog,
                        clock=clock, handoff=handoff)

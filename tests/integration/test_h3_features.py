@@ -106,6 +106,49 @@ def test_retry_is_observed_by_the_client(certs: CertSet, tmp_path: Path) -> None
         assert server.statistics()["retries"] >= 1
 
 
+async def aioquic_get_with_token(ca: str, host: str, port: int,
+                                 token: bytes = b"") -> tuple[Any, list[bytes]]:
+    """GET /hello on an aioquic connection presenting ``token`` in its Initial;
+    the response and the NEW_TOKEN tokens the server gave."""
+    tokens: list[bytes] = []
+    configuration = aioquic_configuration(ca)
+    configuration.token = token
+    async with aioquic_connect(host, port, configuration, token_handler=tokens.append) as client:
+        response = await client.request("GET", "/hello", f"{host}:{port}")
+        for _ in range(100):
+            if tokens:
+                break
+            await asyncio.sleep(0.01)
+    return response, tokens
+
+
+def test_new_token_lets_a_returning_client_skip_the_retry(certs: CertSet) -> None:
+    """With --quic-retry the first connection pays the Retry and is given a
+    NEW_TOKEN token; the next connection presenting it is served without a
+    Retry; a tampered token counts as none (Retry again, still served)."""
+    ca = str(certs.ca)
+    with start(certs, quic_retry=True) as server:
+        host, port = udp(server)
+        response, tokens = run(aioquic_get_with_token(ca, host, port))
+        assert response.status == 200 and len(tokens) == 1
+        assert server.statistics()["retries"] == 1
+        response, again = run(aioquic_get_with_token(ca, host, port, tokens[0]))
+        assert response.status == 200 and bytes(response.body) == b"hello"
+        assert server.statistics()["retries"] == 1, "the token did not spare the Retry"
+        assert len(again) == 1 and again[0] != tokens[0]  # (a fresh one for next time)
+        tampered = bytearray(tokens[0])
+        tampered[-1] ^= 1
+        response, _ = run(aioquic_get_with_token(ca, host, port, bytes(tampered)))
+        assert response.status == 200
+        assert server.statistics()["retries"] == 2
+
+
+def test_no_new_token_without_retry(server: ThreadedServer, certs: CertSet) -> None:
+    host, port = udp(server)
+    response, tokens = run(aioquic_get_with_token(str(certs.ca), host, port))
+    assert response.status == 200 and tokens == []
+
+
 # --------------------------------------------------------------------------
 # Resumption and 0-RTT
 

@@ -15,7 +15,7 @@ from quicserve.quic.cid import CidIssuer, StatelessResetKeys
 from quicserve.quic.router import (
     CidRouter, Create, Deliver, Drop, DropReason, Reply,
 )
-from quicserve.quic.tokens import RetryTokens
+from quicserve.quic.tokens import NewTokens, RetryTokens
 from tests.support.quic_packets import (
     CLIENT_ADDR, VERSION_1, VERSION_2, client_initial, initial, long_header, short_header,
 )
@@ -420,3 +420,43 @@ def test_statistics_count_everything() -> None:
     assert (stats.retries, stats.version_negotiations, stats.stateless_resets) == (1, 1, 1)
     assert stats.dropped == {"initial_too_small": 1, "empty": 1}
     assert stats.dropped_total == 2
+
+
+# -- NEW_TOKEN tokens ----------------------------------------------------------------
+
+def router_with_new_tokens(*, retry: bool = True) -> tuple[CidRouter[Session], NewTokens]:
+    tokens = NewTokens(os.urandom(32))
+    router: CidRouter[Session] = CidRouter(
+        issuer=CidIssuer(), reset_keys=StatelessResetKeys(RESET_KEY),
+        retry=RetryTokens(RETRY_KEY) if retry else None, supported_versions=(VERSION_1,),
+        reset_rate=100, max_sessions=100, new_tokens=tokens)
+    return router, tokens
+
+
+def test_a_valid_new_token_skips_the_retry() -> None:
+    router, tokens = router_with_new_tokens()
+    dcid = os.urandom(8)
+    action = router.route(initial(dcid=dcid, token=tokens.create(CLIENT_ADDR[0])),
+                          CLIENT_ADDR, 0.0)
+    assert isinstance(action, Create)
+    assert (action.original_dcid, action.retry_source_cid, action.token_invalid) == \
+        (dcid, None, False)
+    assert router.statistics().new_tokens_accepted == 1
+    assert router.statistics().retries == 0
+
+
+def test_a_new_token_that_does_not_validate_counts_as_none() -> None:
+    router, tokens = router_with_new_tokens()
+    other_ip = tokens.create("203.0.113.9")
+    action = router.route(initial(token=other_ip), CLIENT_ADDR, 0.0)
+    assert isinstance(action, Reply) and action.kind == "retry"
+    assert router.statistics().new_tokens_accepted == 0
+
+
+def test_without_retry_a_new_token_changes_nothing() -> None:
+    router, tokens = router_with_new_tokens(retry=False)
+    dcid = os.urandom(8)
+    action = router.route(initial(dcid=dcid, token=tokens.create(CLIENT_ADDR[0])),
+                          CLIENT_ADDR, 0.0)
+    assert isinstance(action, Create) and action.original_dcid == dcid
+    assert router.statistics().new_tokens_accepted == 0

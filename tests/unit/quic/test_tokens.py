@@ -11,7 +11,7 @@ import pytest
 from aioquic import tls
 
 from quicserve.quic.tokens import (
-    InvalidToken, QuicSecrets, RetryTokenInfo, RetryTokens, SecretFileError, SessionTicketStore,
+    InvalidToken, NewTokens, QuicSecrets, RetryTokenInfo, RetryTokens, SecretFileError, SessionTicketStore,
 )
 
 ADDR = ("192.0.2.7", 5000)
@@ -275,3 +275,48 @@ def test_load_warns_about_a_readable_secret_file(tmp_path: Path) -> None:
         error_logger.removeHandler(handler)
     assert [r.getMessage() for r in records] == \
         [f"QUIC secret file {path} is accessible by group or others; chmod 600 it"]
+
+
+# -- NEW_TOKEN tokens -------------------------------------------------------------
+
+
+class WallClock:
+    def __init__(self, now: float = 1_800_000_000.0) -> None:
+        self.now = now
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def test_new_token_validates_for_the_same_ip_on_any_port() -> None:
+    clock = WallClock()
+    tokens = NewTokens(os.urandom(32), clock=clock)
+    token = tokens.create("192.0.2.7")
+    assert NewTokens.is_new_token(token)
+    assert not RetryTokens.is_retry_token(token)
+    tokens.validate(token, "192.0.2.7")
+    tokens.validate(token, "::ffff:192.0.2.7")  # (the same address, v4-mapped)
+    with pytest.raises(InvalidToken):
+        tokens.validate(token, "192.0.2.8")
+
+
+def test_new_token_expires_and_survives_a_restart_with_the_key() -> None:
+    key, clock = os.urandom(32), WallClock()
+    token = NewTokens(key, lifetime=3600, clock=clock).create("2001:db8::1")
+    clock.now += 3599
+    NewTokens(key, clock=clock).validate(token, "2001:db8::1")  # (another process)
+    clock.now += 2
+    with pytest.raises(InvalidToken, match="expired"):
+        NewTokens(key, clock=clock).validate(token, "2001:db8::1")
+
+
+def test_new_token_forged_or_foreign_is_refused() -> None:
+    tokens = NewTokens(os.urandom(32))
+    token = tokens.create("192.0.2.7")
+    for bad in (b"", token[:-1], bytes([token[0]]) + os.urandom(len(token) - 1),
+                NewTokens(os.urandom(32)).create("192.0.2.7")):
+        with pytest.raises(InvalidToken):
+            tokens.validate(bad, "192.0.2.7")
+    retry = RetryTokens(os.urandom(32)).create(addr=("192.0.2.7", 1), original_dcid=b"d" * 8,
+                                               retry_scid=b"s" * 8, now=0.0)
+    assert not NewTokens.is_new_token(retry)
