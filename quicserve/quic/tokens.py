@@ -208,6 +208,15 @@ def _host_bytes(host: str) -> bytes:
     return _address_bytes((host, 0))[:-2]
 
 
+def _token_aead(key: bytes, lifetime: float, what: str) -> AESGCM:
+    """The AES-GCM sealer of a kind of token, once its key and lifetime pass."""
+    if len(key) not in (16, 24, 32):
+        raise ValueError(f"{what} key must be 16, 24 or 32 bytes")
+    if lifetime <= 0:
+        raise ValueError(f"{what} lifetime must be positive")
+    return AESGCM(key)
+
+
 class RetryTokens:
     """Mint and validate Retry tokens bound to the client address.
 
@@ -220,11 +229,7 @@ class RetryTokens:
     __slots__ = ("_aead", "lifetime")
 
     def __init__(self, key: bytes, *, lifetime: float = 10.0) -> None:
-        if len(key) not in (16, 24, 32):
-            raise ValueError("Retry token key must be 16, 24 or 32 bytes")
-        if lifetime <= 0:
-            raise ValueError("Retry token lifetime must be positive")
-        self._aead = AESGCM(key)
+        self._aead = _token_aead(key, lifetime, "Retry token")
         self.lifetime = lifetime
 
     @staticmethod
@@ -282,11 +287,7 @@ class NewTokens:
 
     def __init__(self, key: bytes, *, lifetime: float = 86400.0,
                  clock: Callable[[], float] = time.time) -> None:
-        if len(key) not in (16, 24, 32):
-            raise ValueError("NEW_TOKEN key must be 16, 24 or 32 bytes")
-        if lifetime <= 0:
-            raise ValueError("NEW_TOKEN token lifetime must be positive")
-        self._aead = AESGCM(key)
+        self._aead = _token_aead(key, lifetime, "NEW_TOKEN token")
         self.lifetime = lifetime
         self._clock = clock
 
