@@ -602,6 +602,33 @@ def test_sighup_drains_a_worker_with_goaway_and_close(tmp_path: Path, certs) -> 
 
 
 @needs_gtlsclient
+def test_a_draining_worker_hands_new_connections_to_a_serving_one(
+        tmp_path: Path, certs) -> None:  # type: ignore[no-untyped-def]
+    """During a rolling restart worker 0 drains a slow request; a new client
+    whose first Initial steers to worker 0 meanwhile is served at once by
+    worker 1 (the handoff), not left retrying until worker 0 is replaced."""
+    server = start_quicserve(tmp_path, certs, "--graceful-timeout", "30",
+                             "tests.support.apps:slow")
+    try:
+        slow = client(server.udp_port, "/?s=4", tmp_path / "slow.out", f"--dcid={PIN[0]}")
+        _wait_until(lambda: server.statistics()[0]["app_tasks"] == 1)
+        server.proc.send_signal(signal.SIGHUP)
+        server.wait_for_log("restarting workers one at a time", timeout=5)
+        time.sleep(0.5)  # (worker 0 got its SIGTERM and stopped accepting)
+        began = time.monotonic()
+        quick = finish(client(server.udp_port, "/?s=0", tmp_path / "quick.out",
+                              f"--dcid={PIN[0]}"), tmp_path / "quick.out")
+        took = time.monotonic() - began
+        assert ":status: 200]" in quick
+        assert slow.poll() is None, "worker 0 should still be draining the slow request"
+        assert took < 2.0, f"the new client waited {took:.1f} s"
+        assert ":status: 200]" in finish(slow, tmp_path / "slow.out")
+        server.wait_for_log("all workers restarted", timeout=30)
+    finally:
+        stop(server)
+
+
+@needs_gtlsclient
 def test_max_requests_recycles_real_workers_and_never_leaves_clients_hanging(
         tmp_path: Path, certs) -> None:  # type: ignore[no-untyped-def]
     """Workers are replaced after 3 requests while clients keep coming (their

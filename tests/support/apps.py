@@ -41,6 +41,16 @@ async def hello(scope: Scope, receive: Receive, send: Send) -> None:
     await respond(send, 200, b"hello")
 
 
+async def slow(scope: Scope, receive: Receive, send: Send) -> None:
+    """200 "hello" after ``?s=SECONDS`` (at most 30) of sleep; ignores lifespan."""
+    if scope["type"] != "http":
+        return
+    query = scope["query_string"].decode("latin-1")
+    seconds = float(query[2:]) if query.startswith("s=") else 0.0
+    await asyncio.sleep(min(seconds, 30.0))
+    await respond(send, 200, b"hello")
+
+
 async def echo(scope: Scope, receive: Receive, send: Send) -> None:
     """Echo the whole request body (any method)."""
     if scope["type"] != "http":
