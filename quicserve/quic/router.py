@@ -29,18 +29,17 @@ and RFC 9369 (QUIC v2), in this order:
    section 6.1: no amplification from small packets).
 4. Long header, supported version, Initial (type bits 0b00 in v1, 0b01 in
    v2) of a datagram >= 1200 bytes with a DCID of at least 8 bytes:
-   not accepting (graceful shutdown) or at ``max_sessions`` -> Drop.  Without
-   keys there is no way to send CONNECTION_CLOSE(CONNECTION_REFUSED), so the
-   client's own timeout ends the attempt.  Otherwise:
 
-   Before those two checks, with a :class:`Balancer` (``--workers`` > 1) and
-   for an Initial that was not itself handed over and carries no Retry token
-   of ours: when the balancer names a less-loaded worker (or any accepting
-   one, while this one is not accepting) -> Forward(worker), and the DCID is
-   remembered for :data:`HANDOFF_TTL` seconds so the client's further
-   Initial and 0-RTT packets under it follow (-> Forward(worker) again,
-   checked right after step 1).  Otherwise:
-
+   * With a :class:`Balancer` (``--workers`` > 1), for an Initial that was
+     not itself handed over and carries no Retry token of ours: when the
+     balancer names a less-loaded worker (or any accepting one, while this
+     one is not accepting or is full) -> Forward(worker).  The DCID is
+     remembered for :data:`HANDOFF_TTL` seconds, so the client's further
+     Initial and 0-RTT packets under it follow (-> Forward(worker) again,
+     checked right after step 1).
+   * Not accepting (graceful shutdown) or at ``max_sessions`` -> Drop.
+     Without keys there is no way to send CONNECTION_CLOSE
+     (CONNECTION_REFUSED), so the client's own timeout ends the attempt.
    * Retry disabled -> Create(original_dcid=DCID).
    * Retry enabled and the token is one of our NEW_TOKEN tokens (given to
      this client's IP in an earlier connection, unexpired) ->
